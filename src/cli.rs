@@ -1,0 +1,338 @@
+//! The command line: parses arguments, loads configuration and runs one
+//! command. Every error ends here as one line on standard error and exit
+//! code 1.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sqlx::PgPool;
+
+use crate::config::{Settings, TransportKind};
+use crate::dataset::DemoSize;
+use crate::email::Transport;
+use crate::flags::FlagKind;
+use crate::jobs::{JobName, Worker};
+use crate::report::{self, ReportFilter};
+
+/// Where `demo` loads its dataset unless told otherwise. It never reads
+/// `DATABASE_URL`, so it cannot empty a database by accident.
+pub const DEMO_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/session_steward_demo";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "session-steward",
+    version,
+    about = "Reminds providers of unreported sessions and flags stale allotment holds for support"
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "SESSION_STEWARD_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// PostgreSQL URL, such as postgres://user@127.0.0.1:5432/platform. Not used by `demo`.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the database migrations.
+    Migrate,
+    /// Run the jobs on their cron schedules until SIGINT or SIGTERM.
+    Run,
+    /// Run one tick of one job, then exit.
+    RunOnce {
+        #[arg(value_enum)]
+        job: JobChoice,
+        /// The instant to run at, in RFC 3339 such as 2026-12-04T15:00:00Z. Defaults to the current time.
+        #[arg(long, value_parser = parse_instant)]
+        now: Option<DateTime<Utc>>,
+    },
+    /// Load the built-in synthetic dataset, run every job once and print what happened.
+    Demo(DemoArgs),
+    /// Support's report of flags, or `ack` and `resolve` to act on one.
+    Flags(FlagsArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum JobChoice {
+    Reminders,
+    Flags,
+    All,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Seed of the generated dataset; the same seed and --now give the same data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of providers.
+    #[arg(long, default_value_t = DemoSize::default().providers, value_parser = clap::value_parser!(u32).range(1..))]
+    providers: u32,
+    /// Number of members, each with one allotment.
+    #[arg(long, default_value_t = DemoSize::default().members, value_parser = clap::value_parser!(u32).range(1..))]
+    members: u32,
+    /// Number of sessions.
+    #[arg(long, default_value_t = DemoSize::default().sessions)]
+    sessions: u64,
+    /// The instant the dataset is dated around and the jobs run at, in RFC 3339. Defaults to the current time.
+    #[arg(long, value_parser = parse_instant)]
+    now: Option<DateTime<Utc>>,
+    /// Empty the demo database before loading, if it already has data.
+    #[arg(long)]
+    reset: bool,
+    /// Database for the demo; it is created if missing.
+    #[arg(long, value_name = "URL", default_value = DEMO_DATABASE_URL)]
+    database_url: String,
+    /// Flags to print from the report after the summary.
+    #[arg(long, default_value_t = 20)]
+    report_rows: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct FlagsArgs {
+    #[command(subcommand)]
+    action: Option<FlagAction>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Only flags of this kind: member_blocked, period_ending, member_ineligible, provider_unreachable or stale_hold.
+    #[arg(long, value_parser = parse_kind)]
+    kind: Option<FlagKind>,
+    /// Include resolved flags.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum FlagAction {
+    /// Record that you have seen a flag.
+    Ack {
+        id: i64,
+        /// Who acknowledges; defaults to $USER.
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Resolve a flag with a note saying what was done.
+    Resolve {
+        id: i64,
+        #[arg(long)]
+        note: String,
+        /// Who resolves; defaults to $USER.
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|instant| instant.with_timezone(&Utc))
+        .map_err(|error| {
+            format!(
+                "invalid instant \"{text}\" ({error}); write RFC 3339 such as 2026-12-04T15:00:00Z"
+            )
+        })
+}
+
+fn parse_kind(text: &str) -> Result<FlagKind, String> {
+    text.parse()
+}
+
+/// Parses the command line, runs the command and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => return report_failure(&error),
+    };
+    crate::telemetry::init(&settings.log.filter);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return report_failure(
+                &anyhow::Error::new(error).context("failed to start the async runtime"),
+            );
+        }
+    };
+    match runtime.block_on(execute(cli, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => report_failure(&error),
+    }
+}
+
+fn report_failure(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    ExitCode::FAILURE
+}
+
+async fn execute(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo(args) => crate::demo::run(&settings, demo_options(args)).await,
+        command => {
+            let pool = connect(cli.database_url.as_deref(), &settings).await?;
+            match command {
+                Command::Migrate => {
+                    crate::db::migrate(&pool).await?;
+                    println!("migrations applied");
+                    Ok(())
+                }
+                Command::Run => run_daemon(pool, &settings).await,
+                Command::RunOnce { job, now } => {
+                    run_once(pool, &settings, job, now.unwrap_or_else(Utc::now)).await
+                }
+                Command::Flags(args) => flags_command(&pool, args).await,
+                Command::Demo(_) => unreachable!("demo is handled above"),
+            }
+        }
+    }
+}
+
+fn demo_options(args: DemoArgs) -> crate::demo::DemoOptions {
+    crate::demo::DemoOptions {
+        database_url: args.database_url,
+        seed: args.seed,
+        size: DemoSize {
+            providers: args.providers,
+            members: args.members,
+            sessions: args.sessions,
+        },
+        now: args.now.unwrap_or_else(Utc::now),
+        reset: args.reset,
+        report_rows: args.report_rows,
+    }
+}
+
+async fn connect(cli_url: Option<&str>, settings: &Settings) -> anyhow::Result<PgPool> {
+    let url = cli_url
+        .map(str::to_owned)
+        .or_else(|| settings.database.url.as_ref().map(|url| url.expose().to_owned()))
+        .context("no database configured; set DATABASE_URL, pass --database-url or set url in [database]")?;
+    crate::db::connect(
+        &url,
+        settings.database.max_connections,
+        settings.database.acquire_timeout.to_std(),
+    )
+    .await
+}
+
+async fn build_worker(
+    pool: PgPool,
+    settings: &Settings,
+    transport: TransportKind,
+) -> anyhow::Result<Worker> {
+    let transport = Transport::from_settings(settings, transport)?;
+    Worker::new(pool, settings, transport)
+}
+
+async fn run_daemon(pool: PgPool, settings: &Settings) -> anyhow::Result<()> {
+    ensure_migrated(&pool).await?;
+    let worker = Arc::new(build_worker(pool, settings, settings.daemon_transport()).await?);
+    crate::daemon::run(worker, &settings.schedule, crate::daemon::shutdown_signal()).await
+}
+
+async fn run_once(
+    pool: PgPool,
+    settings: &Settings,
+    job: JobChoice,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    ensure_migrated(&pool).await?;
+    let worker = build_worker(pool, settings, settings.daemon_transport()).await?;
+    let mut out = std::io::stdout().lock();
+    if matches!(job, JobChoice::Reminders | JobChoice::All) {
+        let run = worker.run_reminders(now).await?;
+        writeln!(
+            out,
+            "{}: {}",
+            JobName::Reminders,
+            serde_json::to_string(&run)?
+        )?;
+    }
+    if matches!(job, JobChoice::Flags | JobChoice::All) {
+        let run = worker.run_flags(now).await?;
+        writeln!(out, "{}: {}", JobName::Flags, serde_json::to_string(&run)?)?;
+    }
+    Ok(())
+}
+
+/// Fails with a clear message when the schema is missing or behind, so
+/// the daemon never runs against tables it does not expect.
+async fn ensure_migrated(pool: &PgPool) -> anyhow::Result<()> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let missing = crate::db::MIGRATOR
+        .iter()
+        .filter(|migration| !applied.contains(&migration.version))
+        .count();
+    if missing > 0 {
+        anyhow::bail!(
+            "the database is missing {missing} migration(s); run `session-steward migrate` first"
+        );
+    }
+    Ok(())
+}
+
+async fn flags_command(pool: &PgPool, args: FlagsArgs) -> anyhow::Result<()> {
+    let now = Utc::now();
+    match args.action {
+        Some(FlagAction::Ack { id, by }) => {
+            let by = who(by)?;
+            crate::flags::acknowledge(pool, id, &by, now).await?;
+            println!("flag {id} acknowledged by {by}");
+        }
+        Some(FlagAction::Resolve { id, note, by }) => {
+            let by = who(by)?;
+            crate::flags::resolve(pool, id, &by, &note, now).await?;
+            println!("flag {id} resolved by {by}");
+        }
+        None => {
+            let filter = ReportFilter {
+                kind: args.kind,
+                all: args.all,
+            };
+            let rows = report::load(pool, &filter, now).await?;
+            let mut out = std::io::stdout().lock();
+            match args.format {
+                Format::Table => report::write_table(&mut out, &rows)?,
+                Format::Csv => report::write_csv(&mut out, &rows)?,
+                Format::Json => report::write_json(&mut out, &rows)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The name recorded on an acknowledgement or resolution.
+fn who(by: Option<String>) -> anyhow::Result<String> {
+    let name = by
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() || name.chars().any(char::is_control) || name.chars().count() > 100 {
+        anyhow::bail!("invalid --by \"{name}\"; give a name of 1 to 100 printable characters");
+    }
+    Ok(name.to_owned())
+}

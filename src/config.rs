@@ -1,0 +1,520 @@
+//! Configuration: a TOML file overlaid with `SESSION_STEWARD_<SECTION>__<KEY>`
+//! environment variables, checked once at start-up.
+//!
+//! Every policy number has a default here, so an empty file is a valid
+//! configuration that applies the rules in the README.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use chrono::{NaiveTime, Weekday};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use lettre::message::Mailbox;
+use serde::{Deserialize, Deserializer};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "SESSION_STEWARD_";
+
+/// The whole configuration, one section per concern.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub reminders: ReminderSettings,
+    pub flags: FlagSettings,
+    pub send_window: SendWindowSettings,
+    pub schedule: ScheduleSettings,
+    pub email: EmailSettings,
+    pub smtp: Option<SmtpSettings>,
+    pub file: FileSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connection URL. `DATABASE_URL` or `--database-url` take precedence.
+    pub url: Option<Secret>,
+    pub max_connections: u32,
+    pub acquire_timeout: Span,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 5,
+            acquire_timeout: Span::seconds(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReminderSettings {
+    /// A session is overdue once it is still `scheduled` more than this
+    /// long after its scheduled end.
+    pub reminder_after: Span,
+    /// Ages after the session end at which a new digest is due. Each must
+    /// be at least `reminder_after` and less than `flags.stale_after`.
+    pub stages: Vec<Span>,
+    /// Delivery attempts before a digest is marked failed.
+    pub max_attempts: u32,
+    /// Wait before the first retry; it doubles with each further attempt.
+    pub retry_base_delay: Span,
+    /// Upper bound for the wait between two attempts.
+    pub retry_max_delay: Span,
+    /// How long a claimed digest stays reserved for one sender.
+    pub lease: Span,
+    /// Digests claimed from the outbox per query.
+    pub delivery_batch_size: u32,
+}
+
+impl Default for ReminderSettings {
+    fn default() -> Self {
+        Self {
+            reminder_after: Span::days(5),
+            stages: vec![Span::days(5), Span::days(8), Span::days(12)],
+            max_attempts: 6,
+            retry_base_delay: Span::seconds(60),
+            retry_max_delay: Span::seconds(6 * 3600),
+            lease: Span::seconds(300),
+            delivery_batch_size: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlagSettings {
+    /// A session still `scheduled` more than this long after its end is
+    /// escalated to support and leaves provider digests.
+    pub stale_after: Span,
+    /// An overdue hold is flagged when its benefit period ends within this.
+    pub period_ending_within: Span,
+}
+
+impl Default for FlagSettings {
+    fn default() -> Self {
+        Self {
+            stale_after: Span::days(14),
+            period_ending_within: Span::days(14),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendWindowSettings {
+    /// Local time of day, in the provider's zone, when sending may start.
+    pub start: TimeOfDay,
+    /// Local time of day when sending stops (exclusive).
+    pub end: TimeOfDay,
+    /// Local weekdays on which digests are sent.
+    pub business_days: Vec<Day>,
+}
+
+impl Default for SendWindowSettings {
+    fn default() -> Self {
+        let weekdays = [
+            Weekday::Mon,
+            Weekday::Tue,
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+        ];
+        Self {
+            start: TimeOfDay(NaiveTime::from_hms_opt(9, 0, 0).expect("09:00 is a valid time")),
+            end: TimeOfDay(NaiveTime::from_hms_opt(17, 0, 0).expect("17:00 is a valid time")),
+            business_days: weekdays.into_iter().map(Day).collect(),
+        }
+    }
+}
+
+/// Cron expressions, evaluated in UTC, with a leading seconds field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleSettings {
+    pub reminders: String,
+    pub flags: String,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        Self {
+            reminders: "0 */15 * * * *".to_owned(),
+            flags: "0 5 * * * *".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    Smtp,
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailSettings {
+    /// `smtp` or `file`. When unset, `run` uses SMTP and `demo` uses the
+    /// file transport unless an `[smtp]` section is present.
+    pub transport: Option<TransportKind>,
+    pub from: MailboxSetting,
+    pub support_mailbox: MailboxSetting,
+    /// Link to the provider dashboard placed in every digest.
+    pub dashboard_url: String,
+}
+
+impl Default for EmailSettings {
+    fn default() -> Self {
+        Self {
+            transport: None,
+            from: MailboxSetting::parse("session-steward <reminders@localhost>")
+                .expect("the default From address is valid"),
+            support_mailbox: MailboxSetting::parse("support@localhost")
+                .expect("the default support mailbox is valid"),
+            dashboard_url: "http://localhost:8080/dashboard".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Timeout for each SMTP command.
+    pub timeout: Span,
+    /// Open connections kept for reuse.
+    pub pool_size: u32,
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        Self {
+            host: "localhost".to_owned(),
+            port: 25,
+            tls: TlsMode::None,
+            username: None,
+            password: None,
+            timeout: Span::seconds(30),
+            pool_size: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileSettings {
+    /// Folder that receives one `.eml` file per message.
+    pub directory: PathBuf,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        Self {
+            directory: PathBuf::from("./outbox"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `tracing` filter such as `info` or `session_steward=debug`.
+    /// `RUST_LOG` takes precedence.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the file at `path` (if any), applies environment overrides and
+    /// validates the result.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.is_file() {
+                bail!(
+                    "configuration file {} not found: check --config or SESSION_STEWARD_CONFIG",
+                    path.display()
+                );
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+
+        let settings: Settings = figment
+            .extract()
+            .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the rules that span several keys or need a parser.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let reminders = &self.reminders;
+        let stale_after = self.flags.stale_after;
+
+        if reminders.stages.is_empty() {
+            bail!(
+                "invalid configuration: reminders.stages is empty; list at least one age such as \"5d\""
+            );
+        }
+        for pair in reminders.stages.windows(2) {
+            if pair[0] >= pair[1] {
+                bail!(
+                    "invalid configuration: reminders.stages must increase, but \"{}\" is followed by \"{}\"",
+                    pair[0],
+                    pair[1]
+                );
+            }
+        }
+        for stage in &reminders.stages {
+            if *stage < reminders.reminder_after || *stage >= stale_after {
+                bail!(
+                    "invalid configuration: reminders.stages entry \"{stage}\" must be at least reminders.reminder_after (\"{}\") and less than flags.stale_after (\"{stale_after}\")",
+                    reminders.reminder_after
+                );
+            }
+        }
+        if reminders.max_attempts == 0 {
+            bail!("invalid configuration: reminders.max_attempts is 0; set it to 1 or more");
+        }
+        if reminders.delivery_batch_size == 0 {
+            bail!("invalid configuration: reminders.delivery_batch_size is 0; set it to 1 or more");
+        }
+
+        if self.send_window.start >= self.send_window.end {
+            bail!(
+                "invalid configuration: send_window.start \"{}\" must be before send_window.end \"{}\"",
+                self.send_window.start,
+                self.send_window.end
+            );
+        }
+        if self.send_window.business_days.is_empty() {
+            bail!(
+                "invalid configuration: send_window.business_days is empty; list days such as \"Mon\""
+            );
+        }
+
+        validate_cron("schedule.reminders", &self.schedule.reminders)?;
+        validate_cron("schedule.flags", &self.schedule.flags)?;
+
+        let url = &self.email.dashboard_url;
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.contains(char::is_whitespace)
+        {
+            bail!(
+                "invalid configuration: email.dashboard_url \"{url}\" is not an http or https URL"
+            );
+        }
+
+        if let Some(smtp) = &self.smtp {
+            if smtp.host.trim().is_empty() {
+                bail!(
+                    "invalid configuration: smtp.host is empty; set it to the SMTP server's name"
+                );
+            }
+            if smtp.username.is_some() != smtp.password.is_some() {
+                bail!(
+                    "invalid configuration: smtp.username and smtp.password must be set together"
+                );
+            }
+            if smtp.pool_size == 0 {
+                bail!("invalid configuration: smtp.pool_size is 0; set it to 1 or more");
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks the transport for `run` and `run-once`: SMTP unless the file
+    /// transport is chosen explicitly.
+    pub fn daemon_transport(&self) -> TransportKind {
+        self.email.transport.unwrap_or(TransportKind::Smtp)
+    }
+
+    /// Picks the transport for `demo`: the file transport unless SMTP is
+    /// chosen or configured.
+    pub fn demo_transport(&self) -> TransportKind {
+        match (self.email.transport, &self.smtp) {
+            (Some(kind), _) => kind,
+            (None, Some(_)) => TransportKind::Smtp,
+            (None, None) => TransportKind::File,
+        }
+    }
+}
+
+fn validate_cron(key: &str, expression: &str) -> anyhow::Result<()> {
+    tokio_cron_scheduler::Job::new_async(expression, |_, _| Box::pin(async {}))
+        .map(|_| ())
+        .with_context(|| {
+            format!(
+                "invalid configuration: {key} \"{expression}\" is not a cron expression; use six fields with seconds first, such as \"0 */15 * * * *\""
+            )
+        })
+}
+
+/// A positive length of time written as `5d`, `36h` or `90s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(std::time::Duration);
+
+impl Span {
+    pub const fn seconds(seconds: u64) -> Self {
+        Self(std::time::Duration::from_secs(seconds))
+    }
+
+    pub const fn days(days: u64) -> Self {
+        Self::seconds(days * 86_400)
+    }
+
+    pub fn to_std(self) -> std::time::Duration {
+        self.0
+    }
+
+    pub fn to_chrono(self) -> chrono::Duration {
+        chrono::Duration::from_std(self.0).expect("a configured span fits in chrono::Duration")
+    }
+}
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let duration = humantime::parse_duration(text.trim()).map_err(|error| {
+            format!("invalid duration \"{text}\" ({error}); write a positive length such as \"5d\", \"36h\" or \"90s\"")
+        })?;
+        if duration.is_zero() {
+            return Err(format!(
+                "invalid duration \"{text}\": it must be longer than zero"
+            ));
+        }
+        // Ten years keeps every span far inside chrono's range.
+        if duration > std::time::Duration::from_secs(10 * 365 * 86_400) {
+            return Err(format!(
+                "invalid duration \"{text}\": it must be at most ten years"
+            ));
+        }
+        Ok(Self(duration))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A local time of day written as `HH:MM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeOfDay(pub NaiveTime);
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}", self.0.format("%H:%M"))
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        NaiveTime::parse_from_str(text.trim(), "%H:%M")
+            .map(TimeOfDay)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid time of day \"{text}\"; write 24-hour HH:MM such as \"09:00\""
+                ))
+            })
+    }
+}
+
+/// A weekday written as `Mon` or `Monday`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Day(pub Weekday);
+
+impl<'de> Deserialize<'de> for Day {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.trim().parse::<Weekday>().map(Day).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid weekday \"{text}\"; write Mon, Tue, Wed, Thu, Fri, Sat or Sun"
+            ))
+        })
+    }
+}
+
+/// An email address with an optional display name, such as
+/// `Support <support@example.org>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxSetting(pub Mailbox);
+
+impl MailboxSetting {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse::<Mailbox>()
+            .map(MailboxSetting)
+            .map_err(|error| format!("invalid email address \"{text}\" ({error}); write it as name@example.org or Name <name@example.org>"))
+    }
+
+    /// The domain part, used to build `Message-ID` values.
+    pub fn domain(&self) -> &str {
+        self.0.email.domain()
+    }
+}
+
+impl<'de> Deserialize<'de> for MailboxSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        MailboxSetting::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A value that never appears in logs or `Debug` output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("[redacted]")
+    }
+}

@@ -1,0 +1,153 @@
+//! The long-running service: ticks each job on its cron schedule until a
+//! shutdown signal, then waits for running ticks to finish.
+//!
+//! Schedules are evaluated in UTC. Local-time decisions, such as a
+//! provider's send window, are made per provider inside the job, because
+//! a scheduler zone would keep one fixed UTC offset across DST changes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use tokio::sync::Mutex;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tracing::{info, warn};
+
+use crate::config::ScheduleSettings;
+use crate::jobs::{JobName, Worker};
+
+/// How long shutdown waits for a running tick before giving up on it. A
+/// tick cut short loses nothing: its digests stay in the outbox.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// One job's guard: a tick that finds it held skips instead of overlapping.
+#[derive(Clone)]
+struct TickGuard(Arc<Mutex<()>>);
+
+/// Runs the jobs until `shutdown` completes. Each job runs once at start,
+/// which catches up after downtime, then on its schedule.
+pub async fn run(
+    worker: Arc<Worker>,
+    schedule: &ScheduleSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Listen from the start, so a signal during the catch-up ticks is not
+    // lost and does not kill the process mid-tick.
+    let (stop_sender, mut stop_receiver) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_sender.send(true);
+    });
+
+    let guards = [
+        (JobName::Reminders, TickGuard(Arc::new(Mutex::new(())))),
+        (JobName::Flags, TickGuard(Arc::new(Mutex::new(())))),
+    ];
+
+    let mut scheduler = JobScheduler::new()
+        .await
+        .context("failed to create the job scheduler")?;
+    for (job, guard) in &guards {
+        let expression = match job {
+            JobName::Reminders => &schedule.reminders,
+            JobName::Flags => &schedule.flags,
+        };
+        let worker = Arc::clone(&worker);
+        let guard = guard.clone();
+        let job = *job;
+        let cron_job = Job::new_async(expression.as_str(), move |_, _| {
+            let worker = Arc::clone(&worker);
+            let guard = guard.clone();
+            Box::pin(async move { tick(&worker, job, &guard).await })
+        })
+        .with_context(|| format!("invalid cron expression \"{expression}\" for the {job} job"))?;
+        scheduler
+            .add(cron_job)
+            .await
+            .with_context(|| format!("failed to schedule the {job} job"))?;
+    }
+
+    // Catch up once before the first scheduled tick.
+    for (job, guard) in &guards {
+        if *stop_receiver.borrow() {
+            break;
+        }
+        tick(&worker, *job, guard).await;
+    }
+
+    scheduler
+        .start()
+        .await
+        .context("failed to start the job scheduler")?;
+    info!(reminders = %schedule.reminders, flags = %schedule.flags, "scheduler started");
+
+    let _ = stop_receiver.wait_for(|stop| *stop).await;
+    info!("shutdown requested; no new ticks will start");
+    if let Err(error) = scheduler.shutdown().await {
+        warn!(error = %error, "job scheduler did not stop cleanly");
+    }
+
+    for (job, guard) in &guards {
+        if tokio::time::timeout(SHUTDOWN_GRACE, guard.0.lock())
+            .await
+            .is_err()
+        {
+            warn!(
+                job = job.as_str(),
+                grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                "tick still running at the end of the grace period"
+            );
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Runs one tick of `job` unless the previous one is still running. Errors
+/// are logged and recorded by the job itself, so the next tick simply tries
+/// again.
+async fn tick(worker: &Worker, job: JobName, guard: &TickGuard) {
+    let Ok(_running) = guard.0.try_lock() else {
+        warn!(
+            job = job.as_str(),
+            "tick skipped: the previous tick is still running"
+        );
+        return;
+    };
+    let now = Utc::now();
+    let _ = match job {
+        JobName::Reminders => worker.run_reminders(now).await.map(|_| ()),
+        JobName::Flags => worker.run_flags(now).await.map(|_| ()),
+    };
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            warn!(error = %error, "failed to listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!(error = %error, "failed to listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,161 @@
+//! The `demo` command: a fresh database with the synthetic dataset, every
+//! job run once, and a summary of what happened.
+
+use std::io::Write;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::config::{Settings, TransportKind};
+use crate::dataset::{self, DemoSize};
+use crate::email::Transport;
+use crate::flags::{FlagCounts, FlagKind};
+use crate::jobs::{ReminderRun, Worker};
+use crate::report::{self, ReportFilter};
+
+/// What `demo` was asked to do.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub database_url: String,
+    pub seed: u64,
+    pub size: DemoSize,
+    pub now: DateTime<Utc>,
+    pub reset: bool,
+    pub report_rows: usize,
+}
+
+/// Creates and migrates the database, loads the dataset, runs the reminder
+/// and flag jobs once at `options.now` and prints the summary and report.
+pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<()> {
+    crate::db::create_if_missing(&options.database_url).await?;
+    let pool = crate::db::connect(
+        &options.database_url,
+        settings.database.max_connections,
+        settings.database.acquire_timeout.to_std(),
+    )
+    .await?;
+    crate::db::migrate(&pool).await?;
+    dataset::prepare(&pool, options.reset).await?;
+    let loaded = dataset::load(&pool, options.seed, options.size, options.now).await?;
+
+    let transport_kind = settings.demo_transport();
+    let transport = Transport::from_settings(settings, transport_kind)?;
+    let destination = transport.describe();
+    let worker = Worker::new(pool.clone(), settings, transport)?;
+    let reminders = worker.run_reminders(options.now).await?;
+    let flags = worker.run_flags(options.now).await?;
+
+    let rows = report::load(&pool, &ReportFilter::default(), options.now).await?;
+    let mut out = std::io::stdout().lock();
+    write_summary(
+        &mut out,
+        &options,
+        &loaded,
+        &destination,
+        transport_kind,
+        &reminders,
+        &flags,
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Open flags, most harmful first (first {} of {}):",
+        options.report_rows.min(rows.len()),
+        rows.len()
+    )?;
+    report::write_table(&mut out, &rows[..options.report_rows.min(rows.len())])?;
+    writeln!(
+        out,
+        "\nFull report: session-steward --database-url {} flags [--format csv|json]",
+        options.database_url
+    )
+    .context("failed to write the demo summary")?;
+    Ok(())
+}
+
+fn write_summary(
+    out: &mut impl Write,
+    options: &DemoOptions,
+    loaded: &dataset::LoadSummary,
+    destination: &str,
+    transport_kind: TransportKind,
+    reminders: &ReminderRun,
+    flags: &FlagCounts,
+) -> anyhow::Result<()> {
+    let plan = &reminders.plan;
+    let delivery = &reminders.delivery;
+    writeln!(
+        out,
+        "session-steward demo at {} ({}), seed {}",
+        options.now.to_rfc3339(),
+        options.now.format("%A"),
+        options.seed
+    )?;
+    writeln!(
+        out,
+        "Loaded {} providers, {} members, {} sessions in {:.1} s",
+        loaded.providers,
+        loaded.members,
+        loaded.sessions,
+        loaded.elapsed.as_secs_f64()
+    )?;
+    writeln!(out)?;
+    writeln!(out, "Reminders")?;
+    writeln!(
+        out,
+        "  overdue sessions (not escalated)   {:>7}",
+        plan.overdue_sessions
+    )?;
+    writeln!(
+        out,
+        "  providers with overdue sessions    {:>7}",
+        plan.providers_seen
+    )?;
+    writeln!(
+        out,
+        "  digests sent                       {:>7}   to {destination}",
+        delivery.digests_sent
+    )?;
+    writeln!(
+        out,
+        "  digests deferred by send window    {:>7}",
+        plan.digests_deferred
+    )?;
+    writeln!(
+        out,
+        "  providers skipped as unreachable   {:>7}",
+        plan.providers_unreachable
+    )?;
+    writeln!(
+        out,
+        "  digests retrying / failed          {:>3} / {}",
+        delivery.digests_retrying, delivery.digests_failed
+    )?;
+    writeln!(out, "  sessions reminded, by stage")?;
+    let stage_names = [
+        "overdue, before the first stage",
+        "stage 1",
+        "stage 2",
+        "stage 3",
+    ];
+    for (stage, count) in &delivery.sessions_by_stage {
+        let name = stage_names
+            .get(*stage as usize)
+            .copied()
+            .unwrap_or("later stage");
+        writeln!(out, "    {name:<33}{count:>7}")?;
+    }
+    if transport_kind == TransportKind::File {
+        writeln!(
+            out,
+            "  (file transport: one .eml per digest; configure [smtp] to send instead)"
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(out, "Flags opened, by kind")?;
+    for kind in FlagKind::ALL {
+        let opened = flags.opened.get(&kind).copied().unwrap_or(0);
+        writeln!(out, "  {:<35}{opened:>7}", kind.as_str())?;
+    }
+    Ok(())
+}

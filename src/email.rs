@@ -1,0 +1,156 @@
+//! Email transports: SMTP through lettre, or one `.eml` file per message in
+//! a folder. Failures are split into transient and permanent so the outbox
+//! knows whether to retry.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::{Settings, SmtpSettings, TlsMode, TransportKind};
+
+/// A failed delivery attempt. The text may contain the server's reply, so
+/// it is stored in the database but not logged.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying: a 4xx reply, a refused or dropped connection, a timeout.
+    #[error("transient delivery failure: {detail}")]
+    Transient { code: Option<u16>, detail: String },
+    /// Not worth retrying: a 5xx reply or a message the server cannot take.
+    #[error("permanent delivery failure: {detail}")]
+    Permanent { code: Option<u16>, detail: String },
+}
+
+impl SendError {
+    /// The SMTP reply code, if the server sent one. Safe to log.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            SendError::Transient { code, .. } | SendError::Permanent { code, .. } => *code,
+        }
+    }
+}
+
+/// Where messages go.
+#[derive(Clone)]
+pub enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(FileOutbox),
+}
+
+impl Transport {
+    /// Builds the transport of `kind` from the settings.
+    pub fn from_settings(settings: &Settings, kind: TransportKind) -> anyhow::Result<Self> {
+        match kind {
+            TransportKind::Smtp => {
+                let defaults = SmtpSettings::default();
+                let smtp = settings.smtp.as_ref().unwrap_or(&defaults);
+                Ok(Transport::Smtp(build_smtp(smtp)?))
+            }
+            TransportKind::File => Ok(Transport::File(FileOutbox::new(&settings.file.directory))),
+        }
+    }
+
+    /// A short label for logs and the demo summary.
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Smtp(_) => "SMTP".to_owned(),
+            Transport::File(outbox) => format!("files in {}", outbox.directory.display()),
+        }
+    }
+
+    /// Delivers `message`. `key` identifies it: the file transport names the
+    /// file after it, so a retried message overwrites its earlier copy.
+    pub async fn send(&self, key: &str, message: &Message) -> Result<(), SendError> {
+        match self {
+            Transport::Smtp(transport) => transport
+                .send(message.clone())
+                .await
+                .map(|_| ())
+                .map_err(classify_smtp_error),
+            Transport::File(outbox) => outbox.write(key, message).await,
+        }
+    }
+}
+
+fn build_smtp(smtp: &SmtpSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    let tls = match smtp.tls {
+        TlsMode::None => Tls::None,
+        TlsMode::Starttls | TlsMode::Tls => {
+            let parameters = TlsParameters::new(smtp.host.clone())
+                .with_context(|| format!("failed to set up TLS for smtp.host \"{}\"", smtp.host))?;
+            if smtp.tls == TlsMode::Starttls {
+                Tls::Required(parameters)
+            } else {
+                Tls::Wrapper(parameters)
+            }
+        }
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
+        .port(smtp.port)
+        .tls(tls)
+        .timeout(Some(smtp.timeout.to_std()))
+        .pool_config(PoolConfig::new().max_size(smtp.pool_size));
+    if let (Some(username), Some(password)) = (&smtp.username, &smtp.password) {
+        builder = builder.credentials(Credentials::new(
+            username.clone(),
+            password.expose().to_owned(),
+        ));
+    }
+    Ok(builder.build())
+}
+
+fn classify_smtp_error(error: lettre::transport::smtp::Error) -> SendError {
+    let code = error.status().map(|code| {
+        let text = code.to_string();
+        text.parse::<u16>().unwrap_or(0)
+    });
+    let detail = error.to_string();
+    if error.is_permanent() {
+        SendError::Permanent { code, detail }
+    } else {
+        // Transient replies, timeouts, refused or reset connections and TLS
+        // hiccups may all succeed on a later attempt.
+        SendError::Transient { code, detail }
+    }
+}
+
+/// Writes each message to `<directory>/<key>.eml`.
+#[derive(Debug, Clone)]
+pub struct FileOutbox {
+    pub directory: PathBuf,
+}
+
+impl FileOutbox {
+    pub fn new(directory: &Path) -> Self {
+        Self {
+            directory: directory.to_owned(),
+        }
+    }
+
+    async fn write(&self, key: &str, message: &Message) -> Result<(), SendError> {
+        let transient = |action: &str, error: std::io::Error| SendError::Transient {
+            code: None,
+            detail: format!(
+                "failed to {action} in {}: {error}",
+                self.directory.display()
+            ),
+        };
+        tokio::fs::create_dir_all(&self.directory)
+            .await
+            .map_err(|error| transient("create the outbox folder", error))?;
+
+        // Write then rename, so a reader never sees half a message.
+        let final_path = self.directory.join(format!("{key}.eml"));
+        let partial_path = self.directory.join(format!(".{key}.eml.partial"));
+        tokio::fs::write(&partial_path, message.formatted())
+            .await
+            .map_err(|error| transient("write a message", error))?;
+        tokio::fs::rename(&partial_path, &final_path)
+            .await
+            .map_err(|error| transient("rename a message", error))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! The jobs as units of work: each `run_*` method performs one tick at a
+//! given instant, records it in `job_runs` and returns what it did. The
+//! daemon, `run-once`, the demo and the tests all call these.
+
+use std::fmt;
+use std::future::Future;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use tracing::{Instrument, error, info, info_span};
+
+use crate::compose::Composer;
+use crate::config::Settings;
+use crate::email::Transport;
+use crate::flags::{FlagCounts, Flagger};
+use crate::outbox::{Deliverer, DeliveryCounts};
+use crate::policy::{ReminderPolicy, SendWindow};
+use crate::reminders::{PlanCounts, Planner};
+
+/// The jobs the scheduler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JobName {
+    Reminders,
+    Flags,
+}
+
+impl JobName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobName::Reminders => "reminders",
+            JobName::Flags => "flags",
+        }
+    }
+}
+
+impl fmt::Display for JobName {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// What one tick of the reminder job did: planning, then delivery.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReminderRun {
+    pub plan: PlanCounts,
+    pub delivery: DeliveryCounts,
+}
+
+/// Everything a tick needs, built once at start-up.
+pub struct Worker {
+    pub pool: PgPool,
+    planner: Planner,
+    deliverer: Deliverer,
+    flagger: Flagger,
+}
+
+impl Worker {
+    pub fn new(pool: PgPool, settings: &Settings, transport: Transport) -> anyhow::Result<Self> {
+        let policy = ReminderPolicy::from_settings(settings);
+        Ok(Self {
+            pool,
+            planner: Planner {
+                policy: policy.clone(),
+                window: SendWindow::from_settings(settings),
+            },
+            deliverer: Deliverer {
+                composer: Composer::new(settings).context("failed to load the email templates")?,
+                transport,
+                settings: settings.reminders.clone(),
+            },
+            flagger: Flagger {
+                policy,
+                period_ending_within: settings.flags.period_ending_within.to_chrono(),
+            },
+        })
+    }
+
+    /// Plans the digests due at `now`, then delivers every due digest.
+    pub async fn run_reminders(&self, now: DateTime<Utc>) -> anyhow::Result<ReminderRun> {
+        self.record(JobName::Reminders, now, async {
+            let plan = self
+                .planner
+                .run_once(&self.pool, now)
+                .await
+                .context("reminder scan failed")?;
+            let delivery = self
+                .deliverer
+                .run_once(&self.pool, now)
+                .await
+                .context("digest delivery failed")?;
+            Ok(ReminderRun { plan, delivery })
+        })
+        .await
+    }
+
+    /// Brings support's flags up to date at `now`.
+    pub async fn run_flags(&self, now: DateTime<Utc>) -> anyhow::Result<FlagCounts> {
+        self.record(JobName::Flags, now, async {
+            self.flagger
+                .run_once(&self.pool, now)
+                .await
+                .context("flag update failed")
+        })
+        .await
+    }
+
+    /// Runs `work` inside a span and a `job_runs` row, and logs its start
+    /// and its end with the counts or the error.
+    async fn record<T: Serialize>(
+        &self,
+        job: JobName,
+        now: DateTime<Utc>,
+        work: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let run_id = crate::runs::start(&self.pool, job.as_str(), now)
+            .await
+            .with_context(|| format!("failed to record the start of a {job} run"))?;
+        let span = info_span!("job", job = job.as_str(), run_id);
+        async {
+            info!(clock = %now.to_rfc3339(), "job run started");
+            match work.await {
+                Ok(counts) => {
+                    crate::runs::succeed(&self.pool, run_id, &counts).await?;
+                    let summary = serde_json::to_string(&counts).unwrap_or_default();
+                    info!(counts = %summary, "job run finished");
+                    Ok(counts)
+                }
+                Err(failure) => {
+                    error!(error = %format!("{failure:#}"), "job run failed");
+                    // The run's own error matters more than a failure to
+                    // record it, which the database outage usually explains.
+                    let _ = crate::runs::fail(&self.pool, run_id, &failure).await;
+                    Err(failure)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}

@@ -1,0 +1,39 @@
+//! session-steward finds sessions that providers have not reported,
+//! reminds the providers by email and flags for support the holds that
+//! reminders cannot fix.
+//!
+//! The design, one module per job:
+//!
+//! - [`reminders`] scans overdue scheduled sessions and records at most one
+//!   digest per provider and local day in the outbox;
+//! - [`outbox`] claims recorded digests, re-checks their sessions and
+//!   delivers them through [`email`], built by [`compose`];
+//! - [`flags`] keeps support's review list in step with the database, and
+//!   [`report`] prints it;
+//! - [`jobs`] wraps each job as one tick at an injected instant, and
+//!   [`daemon`] runs the ticks on cron schedules;
+//! - [`policy`] and [`recipient`] hold the rules as pure functions;
+//! - [`config`], [`db`], [`runs`] and [`telemetry`] are the plumbing;
+//!   [`dataset`] and [`demo`] provide the synthetic data and the demo.
+//!
+//! The worker reads the platform's tables (providers, members, allotments,
+//! sessions) and writes only its own (reminders, reminder_items, flags,
+//! job_runs).
+
+pub mod cli;
+pub mod compose;
+pub mod config;
+pub mod daemon;
+pub mod dataset;
+pub mod db;
+pub mod demo;
+pub mod email;
+pub mod flags;
+pub mod jobs;
+pub mod outbox;
+pub mod policy;
+pub mod recipient;
+pub mod reminders;
+pub mod report;
+pub mod runs;
+pub mod telemetry;

@@ -1,0 +1,342 @@
+//! The outbox's delivery step: claims recorded digests, re-checks their
+//! sessions, sends each one and records the result right after its own
+//! conversation with the transport.
+//!
+//! A digest is recorded before any sending starts and marked after, so a
+//! crash leaves it `pending` and a later pass sends it. Only a message that
+//! was mid-conversation at a crash can go out twice, and it then carries
+//! the same `Message-ID`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use sqlx::PgPool;
+use tracing::{debug, info, warn};
+
+use crate::compose::{Composer, DigestSession};
+use crate::config::ReminderSettings;
+use crate::email::{SendError, Transport};
+use crate::recipient::{self, ProviderRow};
+
+/// What one delivery pass did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DeliveryCounts {
+    pub digests_sent: u64,
+    /// Digests not sent because every session had left `scheduled`.
+    pub digests_empty: u64,
+    pub digests_retrying: u64,
+    pub digests_failed: u64,
+    /// Sessions dropped from digests because they had left `scheduled`.
+    pub sessions_dropped: u64,
+    /// Sessions in the sent digests, by reminder stage.
+    pub sessions_by_stage: BTreeMap<i16, u64>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct ClaimedDigest {
+    id: i64,
+    reminder_key: String,
+    provider_id: i64,
+    attempts: i32,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct ItemRow {
+    session_id: i64,
+    stage: i16,
+    still_scheduled: bool,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    member_name: String,
+}
+
+/// The outcome recorded for one digest.
+enum Outcome {
+    Sent,
+    Empty,
+    Retry {
+        error: String,
+        next_attempt_at: DateTime<Utc>,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// Delivers due digests, with the retry policy fixed at start-up.
+pub struct Deliverer {
+    pub composer: Composer,
+    pub transport: Transport,
+    pub settings: ReminderSettings,
+}
+
+impl Deliverer {
+    /// Sends every digest that is due at `now`, one claimed batch at a time.
+    pub async fn run_once(
+        &self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<DeliveryCounts> {
+        let mut counts = DeliveryCounts::default();
+        loop {
+            let batch = self.claim_batch(pool, now).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for digest in batch {
+                self.deliver(pool, now, &digest, &mut counts).await?;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Leases up to one batch of due digests. `SKIP LOCKED` and the lease
+    /// keep two senders from taking the same digest.
+    async fn claim_batch(
+        &self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Vec<ClaimedDigest>> {
+        sqlx::query_as(
+            "UPDATE reminders SET lease_until = $2, attempts = attempts + 1
+             WHERE id IN (
+                 SELECT id FROM reminders
+                 WHERE status = 'pending' AND next_attempt_at <= $1
+                   AND (lease_until IS NULL OR lease_until <= $1)
+                 ORDER BY next_attempt_at, id
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, reminder_key, provider_id, attempts",
+        )
+        .bind(now)
+        .bind(now + self.settings.lease.to_chrono())
+        .bind(i64::from(self.settings.delivery_batch_size))
+        .fetch_all(pool)
+        .await
+    }
+
+    async fn deliver(
+        &self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+        digest: &ClaimedDigest,
+        counts: &mut DeliveryCounts,
+    ) -> anyhow::Result<()> {
+        let items = load_items(pool, digest.id).await?;
+        let dropped: Vec<i64> = items
+            .iter()
+            .filter(|item| !item.still_scheduled)
+            .map(|item| item.session_id)
+            .collect();
+        if !dropped.is_empty() {
+            mark_dropped(pool, digest.id, &dropped).await?;
+            counts.sessions_dropped += dropped.len() as u64;
+        }
+        let kept: Vec<&ItemRow> = items.iter().filter(|item| item.still_scheduled).collect();
+
+        let outcome = if kept.is_empty() {
+            Outcome::Empty
+        } else {
+            self.send(pool, now, digest, &kept).await?
+        };
+
+        match &outcome {
+            Outcome::Sent => {
+                counts.digests_sent += 1;
+                for item in &kept {
+                    *counts.sessions_by_stage.entry(item.stage).or_default() += 1;
+                }
+            }
+            Outcome::Empty => counts.digests_empty += 1,
+            Outcome::Retry { .. } => counts.digests_retrying += 1,
+            Outcome::Failed { .. } => counts.digests_failed += 1,
+        }
+        record_outcome(pool, now, digest.id, &outcome).await?;
+        Ok(())
+    }
+
+    /// Checks the provider again, composes the message and sends it.
+    async fn send(
+        &self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+        digest: &ClaimedDigest,
+        items: &[&ItemRow],
+    ) -> anyhow::Result<Outcome> {
+        let provider: Option<ProviderRow> = sqlx::query_as(
+            "SELECT id, name, email, time_zone, active FROM providers WHERE id = $1",
+        )
+        .bind(digest.provider_id)
+        .fetch_optional(pool)
+        .await?;
+        let recipient = match provider.as_ref().map(recipient::check) {
+            Some(Ok(recipient)) => recipient,
+            Some(Err(reason)) => {
+                warn!(reminder_id = digest.id, provider_id = digest.provider_id, %reason, "digest not sent");
+                return Ok(Outcome::Failed {
+                    error: reason.to_string(),
+                });
+            }
+            None => {
+                warn!(
+                    reminder_id = digest.id,
+                    provider_id = digest.provider_id,
+                    "digest not sent: provider not found"
+                );
+                return Ok(Outcome::Failed {
+                    error: "provider not found".to_owned(),
+                });
+            }
+        };
+
+        let sessions: Vec<DigestSession> = items
+            .iter()
+            .map(|item| DigestSession {
+                session_id: item.session_id,
+                starts_at: item.starts_at,
+                ends_at: item.ends_at,
+                member_name: item.member_name.clone(),
+            })
+            .collect();
+        let message = match self
+            .composer
+            .digest(&digest.reminder_key, &recipient, &sessions, now)
+        {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(reminder_id = digest.id, provider_id = digest.provider_id, error = %format!("{error:#}"), "failed to compose digest");
+                return Ok(Outcome::Failed {
+                    error: format!("failed to compose: {error:#}"),
+                });
+            }
+        };
+
+        match self.transport.send(&digest.reminder_key, &message).await {
+            Ok(()) => {
+                debug!(
+                    reminder_id = digest.id,
+                    provider_id = digest.provider_id,
+                    sessions = items.len(),
+                    "digest sent"
+                );
+                Ok(Outcome::Sent)
+            }
+            Err(error) => Ok(self.outcome_of_failure(now, digest, error)),
+        }
+    }
+
+    fn outcome_of_failure(
+        &self,
+        now: DateTime<Utc>,
+        digest: &ClaimedDigest,
+        error: SendError,
+    ) -> Outcome {
+        let code = error.code();
+        let attempts = u32::try_from(digest.attempts).unwrap_or(u32::MAX);
+        match error {
+            SendError::Transient { .. } if attempts < self.settings.max_attempts => {
+                let delay = retry_delay(&self.settings, digest.id, attempts);
+                info!(reminder_id = digest.id, provider_id = digest.provider_id, attempts, smtp_code = ?code, retry_in_seconds = delay.num_seconds(), "digest delivery failed, will retry");
+                Outcome::Retry {
+                    error: error.to_string(),
+                    next_attempt_at: now + delay,
+                }
+            }
+            SendError::Transient { .. } => {
+                warn!(reminder_id = digest.id, provider_id = digest.provider_id, attempts, smtp_code = ?code, "digest delivery failed, no attempts left");
+                Outcome::Failed {
+                    error: error.to_string(),
+                }
+            }
+            SendError::Permanent { .. } => {
+                warn!(reminder_id = digest.id, provider_id = digest.provider_id, attempts, smtp_code = ?code, "digest delivery failed permanently");
+                Outcome::Failed {
+                    error: error.to_string(),
+                }
+            }
+        }
+    }
+}
+
+/// Backoff before the attempt after `attempts`: the base delay doubled for
+/// each earlier attempt, capped, then scaled into [50 %, 100 %] by jitter
+/// seeded from the digest id so that replicas spread their retries.
+pub fn retry_delay(
+    settings: &ReminderSettings,
+    reminder_id: i64,
+    attempts: u32,
+) -> chrono::Duration {
+    let base = settings.retry_base_delay.to_std().as_secs_f64();
+    let cap = settings.retry_max_delay.to_std().as_secs_f64();
+    let exponent = attempts.saturating_sub(1).min(30);
+    let full = (base * f64::from(1u32 << exponent)).min(cap);
+    let seed = (reminder_id as u64)
+        .wrapping_mul(31)
+        .wrapping_add(u64::from(attempts));
+    let factor: f64 = ChaCha8Rng::seed_from_u64(seed).random_range(0.5..=1.0);
+    chrono::Duration::milliseconds((full * factor * 1000.0) as i64)
+}
+
+async fn load_items(pool: &PgPool, reminder_id: i64) -> sqlx::Result<Vec<ItemRow>> {
+    sqlx::query_as(
+        "SELECT ri.session_id, ri.stage, s.status = 'scheduled' AS still_scheduled,
+                s.starts_at, s.ends_at, m.name AS member_name
+         FROM reminder_items ri
+         JOIN sessions s ON s.id = ri.session_id
+         JOIN members m ON m.id = s.member_id
+         WHERE ri.reminder_id = $1 AND NOT ri.dropped
+         ORDER BY s.ends_at, s.id",
+    )
+    .bind(reminder_id)
+    .fetch_all(pool)
+    .await
+}
+
+async fn mark_dropped(pool: &PgPool, reminder_id: i64, session_ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE reminder_items SET dropped = true WHERE reminder_id = $1 AND session_id = ANY($2)",
+    )
+    .bind(reminder_id)
+    .bind(session_ids)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+async fn record_outcome(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    reminder_id: i64,
+    outcome: &Outcome,
+) -> sqlx::Result<()> {
+    let (status, next_attempt_at, error): (&str, Option<DateTime<Utc>>, Option<&str>) =
+        match outcome {
+            Outcome::Sent => ("sent", None, None),
+            Outcome::Empty => ("empty", None, None),
+            Outcome::Retry {
+                error,
+                next_attempt_at,
+            } => ("pending", Some(*next_attempt_at), Some(error)),
+            Outcome::Failed { error } => ("failed", None, Some(error)),
+        };
+    sqlx::query(
+        "UPDATE reminders SET
+             status = $2::reminder_status,
+             finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $3 END,
+             next_attempt_at = COALESCE($4, next_attempt_at),
+             last_error = $5,
+             lease_until = NULL
+         WHERE id = $1",
+    )
+    .bind(reminder_id)
+    .bind(status)
+    .bind(now)
+    .bind(next_attempt_at)
+    .bind(error)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
