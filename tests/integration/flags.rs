@@ -1,0 +1,1 @@
+//! Flag job tests.

@@ -1,0 +1,11 @@
+//! Integration tests against a real PostgreSQL (a fresh database per test,
+//! created by `#[sqlx::test]` on the server in DATABASE_URL) and a real
+//! SMTP server on loopback.
+
+mod helpers;
+mod smtp;
+
+mod cli;
+mod flags;
+mod message;
+mod reminders;
