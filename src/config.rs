@@ -245,7 +245,7 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
-            filter: "info".to_owned(),
+            filter: "info,tokio_cron_scheduler=warn".to_owned(),
         }
     }
 }

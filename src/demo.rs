@@ -64,10 +64,15 @@ pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<()
         rows.len()
     )?;
     report::write_table(&mut out, &rows[..options.report_rows.min(rows.len())])?;
+    // A URL the user passed may carry a password, so only the default is echoed.
+    let url = if options.database_url == crate::cli::DEMO_DATABASE_URL {
+        options.database_url.as_str()
+    } else {
+        "URL"
+    };
     writeln!(
         out,
-        "\nFull report: session-steward --database-url {} flags [--format csv|json]",
-        options.database_url
+        "\nFull report: session-steward --database-url {url} flags [--format csv|json]"
     )
     .context("failed to write the demo summary")?;
     Ok(())
