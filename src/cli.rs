@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -246,8 +245,15 @@ async fn build_worker(
 
 async fn run_daemon(pool: PgPool, settings: &Settings) -> anyhow::Result<()> {
     ensure_migrated(&pool).await?;
-    let worker = Arc::new(build_worker(pool, settings, settings.daemon_transport()).await?);
-    crate::daemon::run(worker, &settings.schedule, crate::daemon::shutdown_signal()).await
+    let worker = build_worker(pool, settings, settings.daemon_transport()).await?;
+    let grace = settings.daemon.shutdown_grace.to_std();
+    crate::daemon::run(
+        worker,
+        &settings.schedule,
+        grace,
+        crate::daemon::shutdown_signal(),
+    )
+    .await
 }
 
 async fn run_once(

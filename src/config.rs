@@ -31,6 +31,7 @@ pub struct Settings {
     pub smtp: Option<SmtpSettings>,
     pub file: FileSettings,
     pub log: LogSettings,
+    pub daemon: DaemonSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,8 +200,11 @@ pub struct SmtpSettings {
     pub tls: TlsMode,
     pub username: Option<String>,
     pub password: Option<Secret>,
-    /// Timeout for each SMTP command.
+    /// Timeout for connecting and for each SMTP command.
     pub timeout: Span,
+    /// Upper bound for one whole message: connection, greeting, every
+    /// command and the data. It also catches a server that stalls.
+    pub send_timeout: Span,
     /// Open connections kept for reuse.
     pub pool_size: u32,
 }
@@ -214,6 +218,7 @@ impl Default for SmtpSettings {
             username: None,
             password: None,
             timeout: Span::seconds(30),
+            send_timeout: Span::seconds(120),
             pool_size: 4,
         }
     }
@@ -230,6 +235,21 @@ impl Default for FileSettings {
     fn default() -> Self {
         Self {
             directory: PathBuf::from("./outbox"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonSettings {
+    /// How long shutdown waits for running ticks and in-flight messages.
+    pub shutdown_grace: Span,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Span::seconds(30),
         }
     }
 }

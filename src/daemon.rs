@@ -17,10 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::ScheduleSettings;
 use crate::jobs::{JobName, Worker};
-
-/// How long shutdown waits for a running tick before giving up on it. A
-/// tick cut short loses nothing: its digests stay in the outbox.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+use crate::shutdown::Shutdown;
 
 /// One job's guard: a tick that finds it held skips instead of overlapping.
 #[derive(Clone)]
@@ -28,18 +25,25 @@ struct TickGuard(Arc<Mutex<()>>);
 
 /// Runs the jobs until `shutdown` completes. Each job runs once at start,
 /// which catches up after downtime, then on its schedule.
+///
+/// On shutdown no new tick starts, delivery stops between messages, and
+/// running ticks get `grace` to finish. A tick cut short after that loses
+/// nothing: its digests stay in the outbox and are sent once their lease
+/// expires.
 pub async fn run(
-    worker: Arc<Worker>,
+    worker: Worker,
     schedule: &ScheduleSettings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+    signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Listen from the start, so a signal during the catch-up ticks is not
     // lost and does not kill the process mid-tick.
-    let (stop_sender, mut stop_receiver) = tokio::sync::watch::channel(false);
+    let (trigger, mut shutdown) = Shutdown::channel();
     tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_sender.send(true);
+        signal.await;
+        trigger.trigger();
     });
+    let worker = Arc::new(worker.with_shutdown(shutdown.clone()));
 
     let guards = [
         (JobName::Reminders, TickGuard(Arc::new(Mutex::new(())))),
@@ -71,7 +75,7 @@ pub async fn run(
 
     // Catch up once before the first scheduled tick.
     for (job, guard) in &guards {
-        if *stop_receiver.borrow() {
+        if shutdown.is_requested() {
             break;
         }
         tick(&worker, *job, guard).await;
@@ -83,21 +87,22 @@ pub async fn run(
         .context("failed to start the job scheduler")?;
     info!(reminders = %schedule.reminders, flags = %schedule.flags, "scheduler started");
 
-    let _ = stop_receiver.wait_for(|stop| *stop).await;
+    shutdown.requested().await;
     info!("shutdown requested; no new ticks will start");
     if let Err(error) = scheduler.shutdown().await {
         warn!(error = %error, "job scheduler did not stop cleanly");
     }
 
+    let deadline = tokio::time::Instant::now() + grace;
     for (job, guard) in &guards {
-        if tokio::time::timeout(SHUTDOWN_GRACE, guard.0.lock())
+        if tokio::time::timeout_at(deadline, guard.0.lock())
             .await
             .is_err()
         {
             warn!(
                 job = job.as_str(),
-                grace_seconds = SHUTDOWN_GRACE.as_secs(),
-                "tick still running at the end of the grace period"
+                grace_seconds = grace.as_secs(),
+                "tick still running at the end of the grace period; its digests are sent after their lease expires"
             );
         }
     }

@@ -50,3 +50,36 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .await
         .context("failed to apply migrations")
 }
+
+/// Jobs whose scan must run on one replica at a time.
+#[derive(Debug, Clone, Copy)]
+pub enum JobLock {
+    ReminderScan = 1,
+    FlagUpdate = 2,
+}
+
+/// First key of every advisory lock the worker takes ("SS" in ASCII), so
+/// its locks stand apart from any the platform takes.
+const LOCK_NAMESPACE: i32 = 0x5353;
+
+/// Takes the transaction-scoped advisory lock for `job` without waiting.
+/// Returns the transaction that holds it, or `None` when another process
+/// holds it. The lock ends with the transaction: on commit, on rollback,
+/// or when the connection is lost, so it can never outlive its holder.
+pub async fn try_job_lock(
+    pool: &PgPool,
+    job: JobLock,
+) -> sqlx::Result<Option<sqlx::Transaction<'static, Postgres>>> {
+    let mut transaction = pool.begin().await?;
+    let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+        .bind(LOCK_NAMESPACE)
+        .bind(job as i32)
+        .fetch_one(&mut *transaction)
+        .await?;
+    if acquired {
+        Ok(Some(transaction))
+    } else {
+        transaction.rollback().await?;
+        Ok(None)
+    }
+}

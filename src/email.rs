@@ -36,8 +36,15 @@ impl SendError {
 /// Where messages go.
 #[derive(Clone)]
 pub enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(SmtpSender),
     File(FileOutbox),
+}
+
+/// A pooled SMTP client with a bound on each whole message.
+#[derive(Clone)]
+pub struct SmtpSender {
+    client: AsyncSmtpTransport<Tokio1Executor>,
+    send_timeout: std::time::Duration,
 }
 
 impl Transport {
@@ -47,7 +54,10 @@ impl Transport {
             TransportKind::Smtp => {
                 let defaults = SmtpSettings::default();
                 let smtp = settings.smtp.as_ref().unwrap_or(&defaults);
-                Ok(Transport::Smtp(build_smtp(smtp)?))
+                Ok(Transport::Smtp(SmtpSender {
+                    client: build_smtp(smtp)?,
+                    send_timeout: smtp.send_timeout.to_std(),
+                }))
             }
             TransportKind::File => Ok(Transport::File(FileOutbox::new(&settings.file.directory))),
         }
@@ -65,12 +75,27 @@ impl Transport {
     /// file after it, so a retried message overwrites its earlier copy.
     pub async fn send(&self, key: &str, message: &Message) -> Result<(), SendError> {
         match self {
-            Transport::Smtp(transport) => transport
-                .send(message.clone())
-                .await
-                .map(|_| ())
-                .map_err(classify_smtp_error),
+            Transport::Smtp(sender) => sender.send(message).await,
             Transport::File(outbox) => outbox.write(key, message).await,
+        }
+    }
+}
+
+impl SmtpSender {
+    async fn send(&self, message: &Message) -> Result<(), SendError> {
+        // lettre's own timeout applies to the connection and to each read,
+        // but a server that trickles bytes could still hold a send open, so
+        // the whole conversation gets a deadline too. Dropping the future
+        // drops its connection instead of returning it to the pool.
+        match tokio::time::timeout(self.send_timeout, self.client.send(message.clone())).await {
+            Ok(result) => result.map(|_| ()).map_err(classify_smtp_error),
+            Err(_) => Err(SendError::Transient {
+                code: None,
+                detail: format!(
+                    "timed out after {} s; the SMTP server did not finish the conversation",
+                    self.send_timeout.as_secs()
+                ),
+            }),
         }
     }
 }

@@ -90,6 +90,8 @@ impl FromStr for FlagKind {
 /// Flags opened, kept open and resolved by one run, per kind.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct FlagCounts {
+    /// True when another replica was updating flags, so this run did not.
+    pub skipped: bool,
     pub opened: BTreeMap<FlagKind, u64>,
     pub still_open: BTreeMap<FlagKind, u64>,
     pub resolved: BTreeMap<FlagKind, u64>,
@@ -106,16 +108,27 @@ impl Flagger {
     /// Brings every kind of flag up to date at `now`.
     pub async fn run_once(&self, pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<FlagCounts> {
         let mut counts = FlagCounts::default();
+        let Some(lock) = crate::db::try_job_lock(pool, crate::db::JobLock::FlagUpdate).await?
+        else {
+            tracing::info!("flag update skipped: another replica is updating flags");
+            counts.skipped = true;
+            return Ok(counts);
+        };
         let overdue_cutoff = self.policy.overdue_cutoff(now);
         let unreachable = find_unreachable_providers(pool, overdue_cutoff).await?;
 
         for kind in FlagKind::ALL {
             let (source, args) = self.observed_sessions(kind, now, &unreachable);
-            let (opened, seen, resolved) = sync_kind(pool, kind, now, source, args).await?;
+            let (opened, seen, resolved, new_providers) =
+                sync_kind(pool, kind, now, source, args).await?;
+            if kind == FlagKind::ProviderUnreachable {
+                log_unreachable(&unreachable, &new_providers);
+            }
             counts.opened.insert(kind, opened);
             counts.still_open.insert(kind, seen - opened);
             counts.resolved.insert(kind, resolved);
         }
+        lock.commit().await?;
         Ok(counts)
     }
 
@@ -200,14 +213,14 @@ enum SourceArgs {
 /// Opens, refreshes and resolves the flags of one kind in one statement,
 /// so every change sees the same snapshot. A flag that support resolved is
 /// not opened again for the same session and kind. Returns the number
-/// opened, the number observed and the number resolved.
+/// opened, observed and resolved, and the providers of the opened flags.
 async fn sync_kind(
     pool: &PgPool,
     kind: FlagKind,
     now: DateTime<Utc>,
     source: &str,
     args: SourceArgs,
-) -> sqlx::Result<(u64, u64, u64)> {
+) -> sqlx::Result<(u64, u64, u64, Vec<i64>)> {
     let statement = format!(
         "WITH observed AS ({source}),
          upserted AS (
@@ -221,7 +234,7 @@ async fn sync_kind(
              ON CONFLICT (session_id, kind) WHERE resolved_at IS NULL
              DO UPDATE SET last_seen_at = GREATEST(flags.last_seen_at, EXCLUDED.last_seen_at),
                            reason = EXCLUDED.reason
-             RETURNING (xmax = 0) AS inserted
+             RETURNING (xmax = 0) AS inserted, provider_id
          ),
          cleared AS (
              UPDATE flags f
@@ -232,9 +245,10 @@ async fn sync_kind(
          )
          SELECT (SELECT count(*) FROM upserted WHERE inserted),
                 (SELECT count(*) FROM upserted),
-                (SELECT count(*) FROM cleared)"
+                (SELECT count(*) FROM cleared),
+                (SELECT COALESCE(array_agg(DISTINCT provider_id), '{{}}') FROM upserted WHERE inserted)"
     );
-    let query = sqlx::query_as::<_, (i64, i64, i64)>(&statement)
+    let query = sqlx::query_as::<_, (i64, i64, i64, Vec<i64>)>(&statement)
         .bind(kind)
         .bind(now);
     let query = match args {
@@ -250,8 +264,37 @@ async fn sync_kind(
             reasons,
         } => query.bind(overdue_cutoff).bind(ids).bind(reasons),
     };
-    let (opened, seen, resolved) = query.fetch_one(pool).await?;
-    Ok((opened as u64, seen as u64, resolved as u64))
+    let (opened, seen, resolved, new_providers) = query.fetch_one(pool).await?;
+    Ok((opened as u64, seen as u64, resolved as u64, new_providers))
+}
+
+/// Opens a `kind` flag on each of `session_ids` now, unless one is open or
+/// support resolved one for that session and kind. The outbox calls this
+/// when a digest fails, so support sees it before the next flag run.
+pub async fn open_for_sessions(
+    pool: &PgPool,
+    kind: FlagKind,
+    session_ids: &[i64],
+    reason: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    let opened = sqlx::query(
+        "INSERT INTO flags (kind, session_id, member_id, provider_id, reason, opened_at, last_seen_at)
+         SELECT $1, s.id, s.member_id, s.provider_id, $3, $4, $4
+         FROM sessions s
+         WHERE s.id = ANY($2)
+           AND NOT EXISTS (
+               SELECT 1 FROM flags done
+               WHERE done.session_id = s.id AND done.kind = $1 AND done.resolution = 'resolved_by_support')
+         ON CONFLICT (session_id, kind) WHERE resolved_at IS NULL DO NOTHING",
+    )
+    .bind(kind)
+    .bind(session_ids)
+    .bind(reason)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(opened.rows_affected())
 }
 
 /// Providers with overdue holds that cannot be reached, and why.
@@ -299,14 +342,23 @@ async fn find_unreachable_providers(
         unreachable.ids.push(row.provider.id);
         unreachable.reasons.push(reason.to_string());
     }
-    if !unreachable.ids.is_empty() {
+    Ok(unreachable)
+}
+
+/// Logs each provider that got new provider_unreachable flags in this run,
+/// once, with its id and the reason.
+fn log_unreachable(unreachable: &UnreachableProviders, new_providers: &[i64]) {
+    for provider_id in new_providers {
+        let reason = unreachable
+            .ids
+            .iter()
+            .position(|id| id == provider_id)
+            .map_or("unknown", |index| unreachable.reasons[index].as_str());
         warn!(
-            providers = unreachable.ids.len(),
-            first_provider_id = unreachable.ids[0],
-            "providers with overdue holds cannot be reached; see provider_unreachable flags"
+            provider_id,
+            reason, "provider cannot be reached; its overdue sessions are flagged for support"
         );
     }
-    Ok(unreachable)
 }
 
 /// Why support could not change a flag.

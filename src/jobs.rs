@@ -18,6 +18,7 @@ use crate::flags::{FlagCounts, Flagger};
 use crate::outbox::{Deliverer, DeliveryCounts};
 use crate::policy::{ReminderPolicy, SendWindow};
 use crate::reminders::{PlanCounts, Planner};
+use crate::shutdown::Shutdown;
 
 /// The jobs the scheduler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -69,12 +70,19 @@ impl Worker {
                 composer: Composer::new(settings).context("failed to load the email templates")?,
                 transport,
                 settings: settings.reminders.clone(),
+                shutdown: Shutdown::never(),
             },
             flagger: Flagger {
                 policy,
                 period_ending_within: settings.flags.period_ending_within.to_chrono(),
             },
         })
+    }
+
+    /// Makes delivery stop between messages once `shutdown` is requested.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.deliverer.shutdown = shutdown;
+        self
     }
 
     /// Plans the digests due at `now`, then delivers every due digest.

@@ -13,7 +13,7 @@
 //! - [`jobs`] wraps each job as one tick at an injected instant, and
 //!   [`daemon`] runs the ticks on cron schedules;
 //! - [`policy`] and [`recipient`] hold the rules as pure functions;
-//! - [`config`], [`db`], [`runs`] and [`telemetry`] are the plumbing;
+//! - [`config`], [`db`], [`runs`], [`shutdown`] and [`telemetry`] are the plumbing;
 //!   [`dataset`] and [`demo`] provide the synthetic data and the demo.
 //!
 //! The worker reads the platform's tables (providers, members, allotments,
@@ -36,4 +36,5 @@ pub mod recipient;
 pub mod reminders;
 pub mod report;
 pub mod runs;
+pub mod shutdown;
 pub mod telemetry;

@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 use crate::compose::{Composer, DigestSession};
 use crate::config::ReminderSettings;
 use crate::email::{SendError, Transport};
-use crate::recipient::{self, ProviderRow};
+use crate::flags::{self, FlagKind};
+use crate::recipient::{self, ProviderRow, Unreachable};
+use crate::shutdown::Shutdown;
 
 /// What one delivery pass did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -50,7 +52,7 @@ struct ItemRow {
     still_scheduled: bool,
     starts_at: DateTime<Utc>,
     ends_at: DateTime<Utc>,
-    member_name: String,
+    member_name: Option<String>,
 }
 
 /// The outcome recorded for one digest.
@@ -71,6 +73,9 @@ pub struct Deliverer {
     pub composer: Composer,
     pub transport: Transport,
     pub settings: ReminderSettings,
+    /// Checked before each message: once requested, the pass hands the
+    /// rest of its batch back and returns.
+    pub shutdown: Shutdown,
 }
 
 impl Deliverer {
@@ -86,8 +91,17 @@ impl Deliverer {
             if batch.is_empty() {
                 break;
             }
-            for digest in batch {
-                self.deliver(pool, now, &digest, &mut counts).await?;
+            for (index, digest) in batch.iter().enumerate() {
+                if self.shutdown.is_requested() {
+                    let unsent: Vec<i64> = batch[index..].iter().map(|digest| digest.id).collect();
+                    release_leases(pool, &unsent).await?;
+                    info!(
+                        released = unsent.len(),
+                        "delivery stopped for shutdown; unsent digests released"
+                    );
+                    return Ok(counts);
+                }
+                self.deliver(pool, now, digest, &mut counts).await?;
             }
         }
         Ok(counts)
@@ -155,6 +169,19 @@ impl Deliverer {
             Outcome::Failed { .. } => counts.digests_failed += 1,
         }
         record_outcome(pool, now, digest.id, &outcome).await?;
+
+        if let Outcome::Failed { .. } = outcome {
+            let session_ids: Vec<i64> = kept.iter().map(|item| item.session_id).collect();
+            let reason = Unreachable::DeliveryFailed.to_string();
+            flags::open_for_sessions(
+                pool,
+                FlagKind::ProviderUnreachable,
+                &session_ids,
+                &reason,
+                now,
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -198,7 +225,7 @@ impl Deliverer {
                 session_id: item.session_id,
                 starts_at: item.starts_at,
                 ends_at: item.ends_at,
-                member_name: item.member_name.clone(),
+                member_name: item.member_name.clone().unwrap_or_default(),
             })
             .collect();
         let message = match self
@@ -293,6 +320,16 @@ async fn load_items(pool: &PgPool, reminder_id: i64) -> sqlx::Result<Vec<ItemRow
     .bind(reminder_id)
     .fetch_all(pool)
     .await
+}
+
+/// Hands claimed but unsent digests back, so another process can send
+/// them at once instead of after the lease.
+async fn release_leases(pool: &PgPool, reminder_ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query("UPDATE reminders SET lease_until = NULL, attempts = attempts - 1 WHERE id = ANY($1) AND status = 'pending'")
+        .bind(reminder_ids)
+        .execute(pool)
+        .await
+        .map(|_| ())
 }
 
 async fn mark_dropped(pool: &PgPool, reminder_id: i64, session_ids: &[i64]) -> sqlx::Result<()> {

@@ -11,9 +11,9 @@ use lettre::message::Mailbox;
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ProviderRow {
     pub id: i64,
-    pub name: String,
+    pub name: Option<String>,
     pub email: Option<String>,
-    pub time_zone: String,
+    pub time_zone: Option<String>,
     pub active: bool,
 }
 
@@ -61,7 +61,8 @@ pub fn check(row: &ProviderRow) -> Result<Recipient, Unreachable> {
     if !row.active {
         return Err(Unreachable::Inactive);
     }
-    if row.name.chars().any(char::is_control) {
+    let name = row.name.as_deref().unwrap_or("").trim();
+    if name.chars().any(char::is_control) {
         return Err(Unreachable::UnsafeName);
     }
     let email = match row.email.as_deref().map(str::trim) {
@@ -74,10 +75,11 @@ pub fn check(row: &ProviderRow) -> Result<Recipient, Unreachable> {
     let address: Address = email.parse().map_err(|_| Unreachable::InvalidEmail)?;
     let time_zone: Tz = row
         .time_zone
-        .trim()
+        .as_deref()
+        .map(str::trim)
+        .ok_or(Unreachable::UnknownTimeZone)?
         .parse()
         .map_err(|_| Unreachable::UnknownTimeZone)?;
-    let name = row.name.trim();
     let display_name = (!name.is_empty()).then(|| name.to_owned());
     Ok(Recipient {
         provider_id: row.id,
@@ -93,9 +95,9 @@ mod tests {
     fn row() -> ProviderRow {
         ProviderRow {
             id: 7,
-            name: "Zoë Ångström".to_owned(),
+            name: Some("Zoë Ångström".to_owned()),
             email: Some("zoe@example.org".to_owned()),
-            time_zone: "Asia/Kathmandu".to_owned(),
+            time_zone: Some("Asia/Kathmandu".to_owned()),
             active: true,
         }
     }
@@ -105,6 +107,16 @@ mod tests {
         let recipient = check(&row()).expect("row is valid");
         assert_eq!(recipient.mailbox.email.to_string(), "zoe@example.org");
         assert_eq!(recipient.time_zone, chrono_tz::Asia::Kathmandu);
+    }
+
+    #[test]
+    fn check_accepts_missing_name() {
+        let recipient = check(&ProviderRow {
+            name: None,
+            ..row()
+        })
+        .expect("a name is optional");
+        assert_eq!(recipient.mailbox.name, None);
     }
 
     #[test]
@@ -147,14 +159,21 @@ mod tests {
             ),
             (
                 ProviderRow {
-                    time_zone: "Mars/Olympus".into(),
+                    time_zone: Some("Mars/Olympus".into()),
                     ..row()
                 },
                 Unreachable::UnknownTimeZone,
             ),
             (
                 ProviderRow {
-                    name: "Eve\r\nBcc: x@example.org".into(),
+                    time_zone: None,
+                    ..row()
+                },
+                Unreachable::UnknownTimeZone,
+            ),
+            (
+                ProviderRow {
+                    name: Some("Eve\r\nBcc: x@example.org".into()),
                     ..row()
                 },
                 Unreachable::UnsafeName,

@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::PgPool;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::policy::{ReminderPolicy, SendWindow, Standing};
 use crate::recipient::{self, ProviderRow, Recipient};
@@ -16,6 +16,8 @@ use crate::recipient::{self, ProviderRow, Recipient};
 /// What one planning pass did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct PlanCounts {
+    /// True when another replica was scanning, so this pass did not.
+    pub scan_skipped: bool,
     /// Overdue, not yet escalated sessions read by the scan.
     pub overdue_sessions: u64,
     /// Providers with at least one such session.
@@ -80,6 +82,12 @@ impl Planner {
     /// Scans once at `now` and records the digests that are due.
     pub async fn run_once(&self, pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<PlanCounts> {
         let mut counts = PlanCounts::default();
+        let Some(lock) = crate::db::try_job_lock(pool, crate::db::JobLock::ReminderScan).await?
+        else {
+            info!("reminder scan skipped: another replica is scanning");
+            counts.scan_skipped = true;
+            return Ok(counts);
+        };
         let overdue_cutoff = self.policy.overdue_cutoff(now);
         let escalation_cutoff = self.policy.escalation_cutoff(now);
 
@@ -103,6 +111,8 @@ impl Planner {
         if !group.is_empty() {
             self.plan_provider(pool, now, &group, &mut counts).await?;
         }
+        drop(rows);
+        lock.commit().await?;
         Ok(counts)
     }
 
