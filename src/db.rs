@@ -10,6 +10,10 @@ use sqlx::{PgPool, Postgres};
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// The fewest connections the jobs need at once: the reminder scan streams
+/// on one while recording digests on another, and the flag job uses a third.
+pub const MIN_CONNECTIONS: u32 = 3;
+
 /// Opens a pool on `url`. Connections are checked before use, so a pool
 /// survives a database restart.
 pub async fn connect(
@@ -22,7 +26,7 @@ pub async fn connect(
     })?;
     let database = options.get_database().unwrap_or("(default)").to_owned();
     PgPoolOptions::new()
-        .max_connections(max_connections.max(2))
+        .max_connections(max_connections.max(MIN_CONNECTIONS))
         .acquire_timeout(acquire_timeout)
         .test_before_acquire(true)
         .connect_with(options)

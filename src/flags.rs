@@ -10,7 +10,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tracing::warn;
 
 use crate::policy::ReminderPolicy;
@@ -108,19 +108,21 @@ impl Flagger {
     /// Brings every kind of flag up to date at `now`.
     pub async fn run_once(&self, pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<FlagCounts> {
         let mut counts = FlagCounts::default();
-        let Some(lock) = crate::db::try_job_lock(pool, crate::db::JobLock::FlagUpdate).await?
+        // Every statement runs in the lock's transaction, so a run's changes
+        // land together or not at all, on one connection.
+        let Some(mut lock) = crate::db::try_job_lock(pool, crate::db::JobLock::FlagUpdate).await?
         else {
             tracing::info!("flag update skipped: another replica is updating flags");
             counts.skipped = true;
             return Ok(counts);
         };
         let overdue_cutoff = self.policy.overdue_cutoff(now);
-        let unreachable = find_unreachable_providers(pool, overdue_cutoff).await?;
+        let unreachable = find_unreachable_providers(&mut lock, overdue_cutoff).await?;
 
         for kind in FlagKind::ALL {
             let (source, args) = self.observed_sessions(kind, now, &unreachable);
             let (opened, seen, resolved, new_providers) =
-                sync_kind(pool, kind, now, source, args).await?;
+                sync_kind(&mut lock, kind, now, source, args).await?;
             if kind == FlagKind::ProviderUnreachable {
                 log_unreachable(&unreachable, &new_providers);
             }
@@ -215,7 +217,7 @@ enum SourceArgs {
 /// not opened again for the same session and kind. Returns the number
 /// opened, observed and resolved, and the providers of the opened flags.
 async fn sync_kind(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     kind: FlagKind,
     now: DateTime<Utc>,
     source: &str,
@@ -264,7 +266,7 @@ async fn sync_kind(
             reasons,
         } => query.bind(overdue_cutoff).bind(ids).bind(reasons),
     };
-    let (opened, seen, resolved, new_providers) = query.fetch_one(pool).await?;
+    let (opened, seen, resolved, new_providers) = query.fetch_one(connection).await?;
     Ok((opened as u64, seen as u64, resolved as u64, new_providers))
 }
 
@@ -307,7 +309,7 @@ struct UnreachableProviders {
 /// Checks every provider that has an overdue hold, plus whether their
 /// latest finished digest failed permanently.
 async fn find_unreachable_providers(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     overdue_cutoff: DateTime<Utc>,
 ) -> sqlx::Result<UnreachableProviders> {
     #[derive(sqlx::FromRow)]
@@ -330,7 +332,7 @@ async fn find_unreachable_providers(
          WHERE p.id IN (SELECT DISTINCT s.provider_id FROM sessions s WHERE s.status = 'scheduled' AND s.ends_at < $1)",
     )
     .bind(overdue_cutoff)
-    .fetch(pool);
+    .fetch(connection);
 
     let mut unreachable = UnreachableProviders::default();
     while let Some(row) = rows.try_next().await? {

@@ -82,7 +82,8 @@ impl Planner {
     /// Scans once at `now` and records the digests that are due.
     pub async fn run_once(&self, pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<PlanCounts> {
         let mut counts = PlanCounts::default();
-        let Some(lock) = crate::db::try_job_lock(pool, crate::db::JobLock::ReminderScan).await?
+        let Some(mut lock) =
+            crate::db::try_job_lock(pool, crate::db::JobLock::ReminderScan).await?
         else {
             info!("reminder scan skipped: another replica is scanning");
             counts.scan_skipped = true;
@@ -94,7 +95,7 @@ impl Planner {
         let mut rows = sqlx::query_as::<_, OverdueRow>(OVERDUE_SCAN)
             .bind(overdue_cutoff)
             .bind(escalation_cutoff)
-            .fetch(pool);
+            .fetch(&mut *lock);
 
         let mut group: Vec<OverdueRow> = Vec::new();
         while let Some(row) = rows.try_next().await? {

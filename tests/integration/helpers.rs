@@ -111,3 +111,17 @@ pub async fn digest_sessions(pool: &PgPool, provider_id: i64) -> Vec<Vec<i64>> {
     .expect("query digests");
     rows.into_iter().map(|(_, sessions)| sessions).collect()
 }
+
+/// The URL of the database behind `pool`, for child processes: the server
+/// from DATABASE_URL with this test's database name.
+pub async fn database_url(pool: &PgPool) -> String {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("query database name");
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database path");
+    format!("{server}/{name}")
+}

@@ -6,6 +6,7 @@ mod helpers;
 mod smtp;
 
 mod cli;
+mod delivery;
 mod flags;
 mod message;
 mod reminders;

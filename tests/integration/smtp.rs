@@ -1,8 +1,13 @@
-//! A real SMTP server for tests: mailin-embedded listening on an ephemeral
-//! loopback port, keeping every message it accepts.
+//! Real SMTP servers for tests, on ephemeral loopback ports: mailin-embedded
+//! keeping every message it accepts, with scripted replies and delays to
+//! simulate faults, plus two raw listeners that stall or drop connections.
 
+use std::collections::VecDeque;
+use std::io::Read;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mailin_embedded::response::OK;
 use mailin_embedded::{Handler, Response, Server};
@@ -18,17 +23,51 @@ impl Received {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.data).into_owned()
     }
+
+    /// The value of the Message-ID header, as sent.
+    pub fn message_id(&self) -> Option<String> {
+        self.text()
+            .lines()
+            .find_map(|line| line.strip_prefix("Message-ID: "))
+            .map(str::to_owned)
+    }
+}
+
+/// State shared by every connection of one server.
+#[derive(Default)]
+struct Shared {
+    inbox: Mutex<Vec<Received>>,
+    /// Reply codes for the next messages' DATA command; 250 once empty.
+    script: Mutex<VecDeque<u16>>,
+    /// Pause before replying to each message's end of data.
+    delay: Mutex<Duration>,
+    /// Messages whose data transfer started, accepted or not.
+    attempts: AtomicUsize,
 }
 
 #[derive(Clone)]
 struct Capture {
-    inbox: Arc<Mutex<Vec<Received>>>,
+    shared: Arc<Shared>,
     recipients: Vec<String>,
     data: Vec<u8>,
 }
 
 impl Handler for Capture {
     fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, to: &[String]) -> Response {
+        self.shared.attempts.fetch_add(1, Ordering::SeqCst);
+        // Scripted failures answer the DATA command itself: mailin stays in
+        // its data state after a failure at the end of data, which would
+        // leave the client waiting.
+        let code = self
+            .shared
+            .script
+            .lock()
+            .expect("lock is never poisoned")
+            .pop_front()
+            .unwrap_or(250);
+        if code != 250 {
+            return Response::custom(code, format!("scripted reply {code}"));
+        }
         self.recipients = to.to_vec();
         self.data.clear();
         OK
@@ -40,13 +79,18 @@ impl Handler for Capture {
     }
 
     fn data_end(&mut self) -> Response {
+        let delay = *self.shared.delay.lock().expect("lock is never poisoned");
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let message = Received {
             recipients: std::mem::take(&mut self.recipients),
             data: std::mem::take(&mut self.data),
         };
-        self.inbox
+        self.shared
+            .inbox
             .lock()
-            .expect("inbox lock is never poisoned")
+            .expect("lock is never poisoned")
             .push(message);
         OK
     }
@@ -55,7 +99,7 @@ impl Handler for Capture {
 /// A running server. Its thread ends with the test process.
 pub struct SmtpServer {
     pub port: u16,
-    inbox: Arc<Mutex<Vec<Received>>>,
+    shared: Arc<Shared>,
 }
 
 impl SmtpServer {
@@ -65,27 +109,47 @@ impl SmtpServer {
             .local_addr()
             .expect("bound listener has an address")
             .port();
-        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::new(Shared::default());
         let handler = Capture {
-            inbox: Arc::clone(&inbox),
+            shared: Arc::clone(&shared),
             recipients: Vec::new(),
             data: Vec::new(),
         };
         let mut server = Server::new(handler);
         server
             .with_name("test-smtp")
-            .with_num_threads(16)
+            .with_num_threads(32)
             .with_tcp_listener(listener);
         std::thread::spawn(move || {
             let _ = server.serve();
         });
-        Self { port, inbox }
+        Self { port, shared }
+    }
+
+    /// Makes the next messages get these reply codes to their DATA command.
+    pub fn script_replies(&self, codes: &[u16]) {
+        self.shared
+            .script
+            .lock()
+            .expect("lock is never poisoned")
+            .extend(codes);
+    }
+
+    /// Makes the server wait this long before accepting each message.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.shared.delay.lock().expect("lock is never poisoned") = delay;
+    }
+
+    /// Messages whose data transfer started, including rejected ones.
+    pub fn attempts(&self) -> usize {
+        self.shared.attempts.load(Ordering::SeqCst)
     }
 
     pub fn messages(&self) -> Vec<Received> {
-        self.inbox
+        self.shared
+            .inbox
             .lock()
-            .expect("inbox lock is never poisoned")
+            .expect("lock is never poisoned")
             .clone()
     }
 
@@ -100,4 +164,32 @@ impl SmtpServer {
             })
             .collect()
     }
+}
+
+/// A listener that accepts connections and never sends the greeting.
+pub fn start_silent_listener() -> u16 {
+    start_raw_listener(|mut stream| {
+        // Hold the connection open, reading whatever the client sends.
+        let mut buffer = [0u8; 256];
+        while matches!(stream.read(&mut buffer), Ok(read) if read > 0) {}
+    })
+}
+
+/// A listener that closes every connection as soon as it is accepted.
+pub fn start_closing_listener() -> u16 {
+    start_raw_listener(drop)
+}
+
+fn start_raw_listener(handle: fn(std::net::TcpStream)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    let port = listener
+        .local_addr()
+        .expect("bound listener has an address")
+        .port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || handle(stream));
+        }
+    });
+    port
 }
