@@ -18,7 +18,7 @@ use crate::flags::FlagKind;
 use crate::jobs::{JobName, Worker};
 use crate::report::{self, ReportFilter};
 
-/// Where `demo` loads its dataset unless told otherwise. It never reads
+/// Default database of `demo`. It never reads
 /// `DATABASE_URL`, so it cannot empty a database by accident.
 pub const DEMO_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/session_steward_demo";
 
@@ -117,7 +117,7 @@ enum FlagAction {
     /// Record that you have seen a flag.
     Ack {
         id: i64,
-        /// Who acknowledges; defaults to $USER.
+        /// Name recorded as the acknowledger (default: $USER).
         #[arg(long)]
         by: Option<String>,
     },
@@ -126,7 +126,7 @@ enum FlagAction {
         id: i64,
         #[arg(long)]
         note: String,
-        /// Who resolves; defaults to $USER.
+        /// Name recorded as the resolver (default: $USER).
         #[arg(long)]
         by: Option<String>,
     },

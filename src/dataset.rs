@@ -34,7 +34,7 @@ impl Default for DemoSize {
     }
 }
 
-/// What was loaded, and how long it took.
+/// Row counts and duration of one load.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadSummary {
     pub providers: u64,

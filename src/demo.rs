@@ -13,7 +13,7 @@ use crate::flags::{FlagCounts, FlagKind};
 use crate::jobs::{ReminderRun, Worker};
 use crate::report::{self, ReportFilter};
 
-/// What `demo` was asked to do.
+/// Options of the `demo` command.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub database_url: String,

@@ -1,6 +1,6 @@
 //! Email transports: SMTP through lettre, or one `.eml` file per message in
 //! a folder. Failures are split into transient and permanent so the outbox
-//! knows whether to retry.
+//! can decide whether to retry.
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +33,7 @@ impl SendError {
     }
 }
 
-/// Where messages go.
+/// Destination of outgoing messages.
 #[derive(Clone)]
 pub enum Transport {
     Smtp(SmtpSender),

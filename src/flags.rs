@@ -363,7 +363,7 @@ fn log_unreachable(unreachable: &UnreachableProviders, new_providers: &[i64]) {
     }
 }
 
-/// Why support could not change a flag.
+/// Errors of support's changes to a flag.
 #[derive(Debug, thiserror::Error)]
 pub enum FlagUpdateError {
     #[error("flag {0} not found; list flags with `session-steward flags --all`")]

@@ -42,7 +42,7 @@ impl fmt::Display for JobName {
     }
 }
 
-/// What one tick of the reminder job did: planning, then delivery.
+/// Counts from one tick of the reminder job: planning, then delivery.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ReminderRun {
     pub plan: PlanCounts,

@@ -23,7 +23,7 @@ use crate::flags::{self, FlagKind};
 use crate::recipient::{self, ProviderRow, Unreachable};
 use crate::shutdown::Shutdown;
 
-/// What one delivery pass did.
+/// Counts from one delivery pass.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct DeliveryCounts {
     pub digests_sent: u64,

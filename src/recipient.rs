@@ -25,7 +25,7 @@ pub struct Recipient {
     pub time_zone: Tz,
 }
 
-/// Why a provider cannot be reached. The text is stored on flags and in
+/// Reason a provider cannot be reached. The text is stored on flags and in
 /// logs, so it names the problem but never repeats the bad value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unreachable {

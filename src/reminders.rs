@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::policy::{ReminderPolicy, SendWindow, Standing};
 use crate::recipient::{self, ProviderRow, Recipient};
 
-/// What one planning pass did.
+/// Counts from one planning pass.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct PlanCounts {
     /// True when another replica was scanning, so this pass did not.

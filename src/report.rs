@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use crate::compose::member_reference;
 use crate::flags::FlagKind;
 
-/// Which flags the report lists.
+/// Filter that selects the flags the report lists.
 #[derive(Debug, Clone, Default)]
 pub struct ReportFilter {
     pub kind: Option<FlagKind>,
