@@ -226,12 +226,11 @@ async fn connect(cli_url: Option<&str>, settings: &Settings) -> anyhow::Result<P
         .map(str::to_owned)
         .or_else(|| settings.database.url.as_ref().map(|url| url.expose().to_owned()))
         .context("no database configured; set DATABASE_URL, pass --database-url or set url in [database]")?;
-    crate::db::connect(
-        &url,
-        settings.database.max_connections,
-        settings.database.acquire_timeout.to_std(),
-    )
-    .await
+    let size = settings
+        .database
+        .max_connections
+        .max(settings.required_connections());
+    crate::db::connect(&url, size, settings.database.acquire_timeout.to_std()).await
 }
 
 async fn build_worker(

@@ -70,8 +70,10 @@ pub struct ReminderSettings {
     pub retry_max_delay: Span,
     /// How long a claimed digest stays reserved for one sender.
     pub lease: Span,
-    /// Digests claimed from the outbox per query.
+    /// Digests claimed from the outbox per query, shared among the senders.
     pub delivery_batch_size: u32,
+    /// Senders delivering side by side, each over its own SMTP connection.
+    pub delivery_concurrency: u32,
 }
 
 impl Default for ReminderSettings {
@@ -84,6 +86,7 @@ impl Default for ReminderSettings {
             retry_max_delay: Span::seconds(6 * 3600),
             lease: Span::seconds(300),
             delivery_batch_size: 100,
+            delivery_concurrency: 4,
         }
     }
 }
@@ -323,6 +326,11 @@ impl Settings {
         if reminders.max_attempts == 0 {
             bail!("invalid configuration: reminders.max_attempts is 0; set it to 1 or more");
         }
+        if reminders.delivery_concurrency == 0 {
+            bail!(
+                "invalid configuration: reminders.delivery_concurrency is 0; set it to 1 or more"
+            );
+        }
         if reminders.delivery_batch_size == 0 {
             bail!("invalid configuration: reminders.delivery_batch_size is 0; set it to 1 or more");
         }
@@ -368,6 +376,12 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Returns the pool size the jobs need: the fixed minimum plus one
+    /// connection per delivery sender.
+    pub fn required_connections(&self) -> u32 {
+        crate::db::MIN_CONNECTIONS + self.reminders.delivery_concurrency
     }
 
     /// Picks the transport for `run` and `run-once`: SMTP unless the file

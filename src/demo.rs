@@ -30,7 +30,10 @@ pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<()
     crate::db::create_if_missing(&options.database_url).await?;
     let pool = crate::db::connect(
         &options.database_url,
-        settings.database.max_connections,
+        settings
+            .database
+            .max_connections
+            .max(settings.required_connections()),
         settings.database.acquire_timeout.to_std(),
     )
     .await?;

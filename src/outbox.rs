@@ -37,6 +37,20 @@ pub struct DeliveryCounts {
     pub sessions_by_stage: BTreeMap<i16, u64>,
 }
 
+impl DeliveryCounts {
+    /// Adds another sender's counts to these.
+    pub fn add(&mut self, other: &DeliveryCounts) {
+        self.digests_sent += other.digests_sent;
+        self.digests_empty += other.digests_empty;
+        self.digests_retrying += other.digests_retrying;
+        self.digests_failed += other.digests_failed;
+        self.sessions_dropped += other.sessions_dropped;
+        for (stage, count) in &other.sessions_by_stage {
+            *self.sessions_by_stage.entry(*stage).or_default() += count;
+        }
+    }
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct ClaimedDigest {
     id: i64,
@@ -79,15 +93,41 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// Sends every digest that is due at `now`, one claimed batch at a time.
+    /// Sends every digest that is due at `now`. `delivery_concurrency`
+    /// senders run side by side, each claiming its own batches, so each
+    /// digest still gets its own conversation and its own status update.
     pub async fn run_once(
         &self,
         pool: &PgPool,
         now: DateTime<Utc>,
     ) -> anyhow::Result<DeliveryCounts> {
+        let senders = self.settings.delivery_concurrency.max(1);
+        let claim_size = (self.settings.delivery_batch_size / senders).max(1);
+        let results = futures_util::future::join_all(
+            (0..senders).map(|_| self.run_sender(pool, now, claim_size)),
+        )
+        .await;
+
+        let mut counts = DeliveryCounts::default();
+        for result in results {
+            counts.add(&result?);
+        }
+        Ok(counts)
+    }
+
+    /// One sender: claims batches until none is due or shutdown is requested.
+    async fn run_sender(
+        &self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+        claim_size: u32,
+    ) -> anyhow::Result<DeliveryCounts> {
         let mut counts = DeliveryCounts::default();
         loop {
-            let batch = self.claim_batch(pool, now).await?;
+            if self.shutdown.is_requested() {
+                return Ok(counts);
+            }
+            let batch = self.claim_batch(pool, now, claim_size).await?;
             if batch.is_empty() {
                 break;
             }
@@ -113,6 +153,7 @@ impl Deliverer {
         &self,
         pool: &PgPool,
         now: DateTime<Utc>,
+        claim_size: u32,
     ) -> sqlx::Result<Vec<ClaimedDigest>> {
         sqlx::query_as(
             "UPDATE reminders SET lease_until = $2, attempts = attempts + 1
@@ -127,7 +168,7 @@ impl Deliverer {
         )
         .bind(now)
         .bind(now + self.settings.lease.to_chrono())
-        .bind(i64::from(self.settings.delivery_batch_size))
+        .bind(i64::from(claim_size))
         .fetch_all(pool)
         .await
     }
