@@ -4,7 +4,8 @@ CREATE TYPE reminder_status AS ENUM (
     'pending',   -- recorded, not yet delivered
     'sent',      -- delivered to the transport
     'empty',     -- every session left 'scheduled' before sending, so nothing was sent
-    'failed'     -- delivery failed permanently or ran out of attempts
+    'failed',    -- delivery failed permanently or ran out of attempts
+    'superseded' -- still unsent when a newer digest for the provider was recorded
 );
 
 CREATE TABLE reminders (
@@ -17,7 +18,14 @@ CREATE TABLE reminders (
     attempts         integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL,
     lease_until      timestamptz,
+    -- Identifies the claim that holds the lease; a sender checks it before
+    -- each message, so a digest whose lease passed to another sender is skipped.
+    lease_token      bigint,
     last_error       text,
+    -- True when the failure says the provider cannot be reached (a 5xx
+    -- reply, an address the server rejects, a provider row that fails the
+    -- checks), as opposed to running out of attempts on transient errors.
+    permanent_failure boolean NOT NULL DEFAULT false,
     finished_at      timestamptz,
     -- One digest per provider per local day, whatever happens to it.
     CONSTRAINT reminders_one_per_provider_day UNIQUE (provider_id, local_date)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sqlx::PgPool;
 
@@ -180,6 +180,15 @@ pub fn main() -> ExitCode {
 }
 
 fn report_failure(error: &anyhow::Error) -> ExitCode {
+    // A reader such as `head` that closes the pipe early is not a failure.
+    let broken_pipe = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return ExitCode::SUCCESS;
+    }
     eprintln!("error: {error:#}");
     ExitCode::FAILURE
 }
@@ -301,12 +310,23 @@ async fn ensure_migrated(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 async fn flags_command(pool: &PgPool, args: FlagsArgs) -> anyhow::Result<()> {
-    let now = Utc::now();
+    ensure_migrated(pool).await?;
+    // PostgreSQL keeps microseconds; rounding here lets `now` compare equal
+    // to what it stores.
+    let now = Utc::now().trunc_subsecs(6);
     match args.action {
         Some(FlagAction::Ack { id, by }) => {
             let by = who(by)?;
-            crate::flags::acknowledge(pool, id, &by, now).await?;
-            println!("flag {id} acknowledged by {by}");
+            let first = crate::flags::acknowledge(pool, id, &by, now).await?;
+            if first.by == by && first.at == now {
+                println!("flag {id} acknowledged by {by}");
+            } else {
+                println!(
+                    "flag {id} was already acknowledged by {} at {}",
+                    first.by,
+                    first.at.to_rfc3339()
+                );
+            }
         }
         Some(FlagAction::Resolve { id, note, by }) => {
             let by = who(by)?;
@@ -332,12 +352,12 @@ async fn flags_command(pool: &PgPool, args: FlagsArgs) -> anyhow::Result<()> {
 
 /// The name recorded on an acknowledgement or resolution.
 fn who(by: Option<String>) -> anyhow::Result<String> {
-    let name = by
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_default();
+    let Some(name) = by.or_else(|| std::env::var("USER").ok()) else {
+        anyhow::bail!("missing --by: pass --by NAME, because $USER is not set");
+    };
     let name = name.trim();
     if name.is_empty() || name.chars().any(char::is_control) || name.chars().count() > 100 {
-        anyhow::bail!("invalid --by \"{name}\"; give a name of 1 to 100 printable characters");
+        anyhow::bail!("invalid --by {name:?}; give a name of 1 to 100 printable characters");
     }
     Ok(name.to_owned())
 }

@@ -38,7 +38,7 @@ pub struct Composer {
     from: Mailbox,
     support: Mailbox,
     dashboard_url: String,
-    reminder_days: i64,
+    reminder_after: String,
 }
 
 impl Composer {
@@ -57,7 +57,7 @@ impl Composer {
             from: settings.email.from.0.clone(),
             support: settings.email.support_mailbox.0.clone(),
             dashboard_url: settings.email.dashboard_url.clone(),
-            reminder_days: settings.reminders.reminder_after.to_chrono().num_days(),
+            reminder_after: describe_span(settings.reminders.reminder_after.to_chrono()),
         })
     }
 
@@ -102,7 +102,7 @@ impl Composer {
             time_zone => zone.name(),
             dashboard_url => self.dashboard_url,
             support_address => self.support.email.to_string(),
-            reminder_days => self.reminder_days,
+            reminder_after => self.reminder_after,
         };
         let text = self
             .templates
@@ -142,6 +142,17 @@ impl Composer {
             )
             .context("failed to build the digest message")?;
         Ok(message)
+    }
+}
+
+/// Writes a span as "5 days" or "36 hours" for the email text.
+fn describe_span(span: chrono::Duration) -> String {
+    let plural =
+        |count: i64, unit: &str| format!("{count} {unit}{}", if count == 1 { "" } else { "s" });
+    if span.num_seconds() % 86_400 == 0 {
+        plural(span.num_days(), "day")
+    } else {
+        plural(span.num_hours().max(1), "hour")
     }
 }
 

@@ -81,7 +81,7 @@ impl Default for ReminderSettings {
         Self {
             reminder_after: Span::days(5),
             stages: vec![Span::days(5), Span::days(8), Span::days(12)],
-            max_attempts: 6,
+            max_attempts: 10,
             retry_base_delay: Span::seconds(60),
             retry_max_delay: Span::seconds(6 * 3600),
             lease: Span::seconds(300),
@@ -201,7 +201,7 @@ pub struct SmtpSettings {
     pub host: String,
     pub port: u16,
     pub tls: TlsMode,
-    pub username: Option<String>,
+    pub username: Option<Secret>,
     pub password: Option<Secret>,
     /// Timeout for connecting and for each SMTP command.
     pub timeout: Span,
@@ -268,7 +268,7 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
-            filter: "info,tokio_cron_scheduler=warn".to_owned(),
+            filter: "info,tokio_cron_scheduler=warn,sqlx::postgres::notice=warn".to_owned(),
         }
     }
 }
@@ -289,9 +289,16 @@ impl Settings {
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
 
-        let settings: Settings = figment
-            .extract()
-            .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
+        let settings: Settings = figment.extract().map_err(|error| {
+            // A TOML syntax error spans several lines; one line reads better in logs.
+            let text = error.to_string();
+            let one_line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect();
+            anyhow::anyhow!("invalid configuration: {}", one_line.join(" "))
+        })?;
         settings.validate()?;
         Ok(settings)
     }
@@ -323,6 +330,29 @@ impl Settings {
                 );
             }
         }
+        if reminders.retry_base_delay > reminders.retry_max_delay {
+            bail!(
+                "invalid configuration: reminders.retry_base_delay \"{}\" is longer than reminders.retry_max_delay \"{}\"",
+                reminders.retry_base_delay,
+                reminders.retry_max_delay
+            );
+        }
+        let send_timeout = self.smtp.clone().unwrap_or_default().send_timeout;
+        if reminders.lease <= send_timeout {
+            bail!(
+                "invalid configuration: reminders.lease \"{}\" must be longer than smtp.send_timeout \"{send_timeout}\", or a slow message could be sent twice",
+                reminders.lease
+            );
+        }
+        if self.database.max_connections == 0 {
+            bail!("invalid configuration: database.max_connections is 0; set it to 1 or more");
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            bail!(
+                "invalid configuration: log.filter \"{}\" ({error}); write a filter such as \"info\"",
+                self.log.filter
+            );
+        }
         if reminders.max_attempts == 0 {
             bail!("invalid configuration: reminders.max_attempts is 0; set it to 1 or more");
         }
@@ -352,11 +382,13 @@ impl Settings {
         validate_cron("schedule.flags", &self.schedule.flags)?;
 
         let url = &self.email.dashboard_url;
-        if !(url.starts_with("https://") || url.starts_with("http://"))
-            || url.contains(char::is_whitespace)
-        {
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .map(|rest| rest.split('/').next().unwrap_or(""));
+        if host.is_none_or(str::is_empty) || url.contains(char::is_whitespace) {
             bail!(
-                "invalid configuration: email.dashboard_url \"{url}\" is not an http or https URL"
+                "invalid configuration: email.dashboard_url \"{url}\" is not an http or https URL with a host"
             );
         }
 
@@ -481,11 +513,16 @@ impl fmt::Display for TimeOfDay {
 impl<'de> Deserialize<'de> for TimeOfDay {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
+        if text.trim() == "24:00" {
+            let last_instant =
+                NaiveTime::from_hms_nano_opt(23, 59, 59, 999_999_999).expect("a valid time");
+            return Ok(TimeOfDay(last_instant));
+        }
         NaiveTime::parse_from_str(text.trim(), "%H:%M")
             .map(TimeOfDay)
             .map_err(|_| {
                 serde::de::Error::custom(format!(
-                    "invalid time of day \"{text}\"; write 24-hour HH:MM such as \"09:00\""
+                    "invalid time of day \"{text}\"; write 24-hour HH:MM such as \"09:00\", or \"24:00\" for the end of the day"
                 ))
             })
     }
@@ -532,10 +569,48 @@ impl<'de> Deserialize<'de> for MailboxSetting {
     }
 }
 
-/// A value that never appears in logs or `Debug` output.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
+/// A value that never appears in logs, errors or `Debug` output.
+#[derive(Clone)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Accepts a string, or a number or boolean as its text, because an
+    /// environment variable such as `SESSION_STEWARD_SMTP__PASSWORD=1234`
+    /// arrives as a number. Other types are rejected without the value.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecretVisitor;
+
+        impl serde::de::Visitor<'_> for SecretVisitor {
+            type Value = Secret;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
+                Ok(Secret(value.to_owned()))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+        }
+
+        deserializer.deserialize_any(SecretVisitor)
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {

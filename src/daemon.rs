@@ -73,19 +73,30 @@ pub async fn run(
             .with_context(|| format!("failed to schedule the {job} job"))?;
     }
 
-    // Catch up once before the first scheduled tick.
-    for (job, guard) in &guards {
-        if shutdown.is_requested() {
-            break;
-        }
-        tick(&worker, *job, guard).await;
+    // Catch up once, in the background like any tick, so a shutdown
+    // request during it gets the same grace period. Scheduled ticks that
+    // come due meanwhile find the guards held and skip.
+    {
+        let worker = Arc::clone(&worker);
+        let guards = guards.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            for (job, guard) in &guards {
+                if shutdown.is_requested() {
+                    break;
+                }
+                tick(&worker, *job, guard).await;
+            }
+        });
     }
 
-    scheduler
-        .start()
-        .await
-        .context("failed to start the job scheduler")?;
-    info!(reminders = %schedule.reminders, flags = %schedule.flags, "scheduler started");
+    if !shutdown.is_requested() {
+        scheduler
+            .start()
+            .await
+            .context("failed to start the job scheduler")?;
+        info!(reminders = %schedule.reminders, flags = %schedule.flags, "scheduler started");
+    }
 
     shutdown.requested().await;
     info!("shutdown requested; no new ticks will start");

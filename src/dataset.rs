@@ -121,6 +121,31 @@ pub async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the generator decides which past sessions are still `scheduled`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SessionMix {
+    /// The demo's mix: about 1 % of the sessions end up overdue.
+    Demo,
+    /// About this many overdue sessions, independent of the dataset size.
+    /// Each session is made overdue with probability `overdue / sessions`:
+    /// it ends 6 to 13 local days before `now` and stays `scheduled`. No
+    /// other session is left `scheduled` between 5 and 14 days after its end.
+    Overdue(u64),
+}
+
+impl SessionMix {
+    /// The probability that a session is generated overdue, or `None` for
+    /// the demo's mix.
+    fn overdue_share(self, size: DemoSize) -> Option<f64> {
+        match self {
+            SessionMix::Demo => None,
+            SessionMix::Overdue(count) => {
+                Some((count as f64 / size.sessions.max(1) as f64).min(1.0))
+            }
+        }
+    }
+}
+
 /// Generates and bulk-loads the dataset for `seed`, dated around `now`.
 pub async fn load(
     pool: &PgPool,
@@ -128,6 +153,18 @@ pub async fn load(
     size: DemoSize,
     now: DateTime<Utc>,
 ) -> anyhow::Result<LoadSummary> {
+    load_mix(pool, seed, size, now, SessionMix::Demo).await
+}
+
+/// Like [`load`], with the share of overdue sessions set by `mix`.
+pub async fn load_mix(
+    pool: &PgPool,
+    seed: u64,
+    size: DemoSize,
+    now: DateTime<Utc>,
+    mix: SessionMix,
+) -> anyhow::Result<LoadSummary> {
+    let overdue_share = mix.overdue_share(size);
     anyhow::ensure!(size.providers >= 1, "--providers must be at least 1");
     anyhow::ensure!(size.members >= 1, "--members must be at least 1");
     let started = Instant::now();
@@ -164,7 +201,7 @@ pub async fn load(
         "COPY allotments (id, member_id, period_start, period_end, sessions_total) FROM STDIN WITH (FORMAT csv)",
         |sink| {
             for member in 1..=size.members {
-                let plan = MemberPlan::generate(seed, member, size, now);
+                let plan = MemberPlan::generate(seed, member, size, now, overdue_share);
                 let total = plan.held_or_used() + plan.spare_sessions;
                 sink.serialize((member, member, plan.period_start, plan.period_end, total))?;
             }
@@ -174,7 +211,7 @@ pub async fn load(
     .await
     .context("failed to load allotments")?;
 
-    let sessions_loaded = copy_sessions(&mut connection, seed, size, now)
+    let sessions_loaded = copy_sessions(&mut connection, seed, size, now, overdue_share)
         .await
         .context("failed to load sessions")?;
 
@@ -224,6 +261,7 @@ async fn copy_sessions(
     seed: u64,
     size: DemoSize,
     now: DateTime<Utc>,
+    overdue_share: Option<f64>,
 ) -> anyhow::Result<u64> {
     const CHUNK_BYTES: usize = 4 << 20;
     let mut copy = connection
@@ -235,7 +273,7 @@ async fn copy_sessions(
     let mut sink = csv_sink();
     let mut next_id: u64 = 1;
     for member in 1..=size.members {
-        let plan = MemberPlan::generate(seed, member, size, now);
+        let plan = MemberPlan::generate(seed, member, size, now, overdue_share);
         for session in &plan.sessions {
             sink.serialize((
                 next_id,
@@ -323,7 +361,13 @@ struct MemberPlan {
 }
 
 impl MemberPlan {
-    fn generate(seed: u64, member: u32, size: DemoSize, now: DateTime<Utc>) -> Self {
+    fn generate(
+        seed: u64,
+        member: u32,
+        size: DemoSize,
+        now: DateTime<Utc>,
+        overdue_share: Option<f64>,
+    ) -> Self {
         let mut rng = rng_for(seed, 3, u64::from(member));
         let matched_provider = rng.random_range(1..=size.providers);
 
@@ -354,7 +398,7 @@ impl MemberPlan {
                 } else {
                     rng.random_range(1..=size.providers)
                 };
-                plan_session(&mut rng, provider_id, now)
+                plan_session(&mut rng, provider_id, now, overdue_share)
             })
             .collect();
         Self {
@@ -381,11 +425,28 @@ impl MemberPlan {
     }
 }
 
-fn plan_session(rng: &mut ChaCha8Rng, provider_id: u32, now: DateTime<Utc>) -> PlannedSession {
+/// Generates one session. With `overdue_share`, that share of sessions is
+/// made overdue and no other session is overdue; without it, the demo's
+/// mix applies and the RNG draws are the ones the demo has always made.
+fn plan_session(
+    rng: &mut ChaCha8Rng,
+    provider_id: u32,
+    now: DateTime<Utc>,
+    overdue_share: Option<f64>,
+) -> PlannedSession {
+    let forced_overdue = overdue_share.is_some_and(|share| rng.random_bool(share));
     let zone: Tz = ZONES[provider_id as usize % ZONES.len()]
         .parse()
         .expect("every demo zone is a valid IANA name");
-    let day = now.with_timezone(&zone).date_naive() + Duration::days(rng.random_range(-90..=14));
+    // A session ending 6 to 13 local days ago, between 08:50 and 20:35
+    // local time (an hour later after a DST gap), is more than 5 and less
+    // than 14 days old at any time of the current local day.
+    let day_offset = if forced_overdue {
+        rng.random_range(-13..=-6)
+    } else {
+        rng.random_range(-90..=14)
+    };
+    let day = now.with_timezone(&zone).date_naive() + Duration::days(day_offset);
     let local_start = day.and_time(
         NaiveTime::from_hms_opt(
             rng.random_range(8..19),
@@ -406,7 +467,9 @@ fn plan_session(rng: &mut ChaCha8Rng, provider_id: u32, now: DateTime<Utc>) -> P
     let ends_at = starts_at + Duration::minutes(50);
 
     let age = now - ends_at;
-    let status = if ends_at > now {
+    let status = if forced_overdue {
+        "scheduled"
+    } else if ends_at > now {
         if rng.random_bool(0.05) {
             "cancelled"
         } else {
@@ -416,7 +479,7 @@ fn plan_session(rng: &mut ChaCha8Rng, provider_id: u32, now: DateTime<Utc>) -> P
         let still_scheduled = if age <= Duration::days(5) {
             0.55
         } else if age <= Duration::days(14) {
-            0.12
+            if overdue_share.is_some() { 0.0 } else { 0.12 }
         } else {
             0.03
         };

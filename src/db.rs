@@ -21,6 +21,9 @@ pub async fn connect(
     max_connections: u32,
     acquire_timeout: Duration,
 ) -> anyhow::Result<PgPool> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        anyhow::bail!("invalid database URL: it must start with postgres:// or postgresql://");
+    }
     let options: PgConnectOptions = url.parse().with_context(|| {
         "invalid database URL; expected postgres://USER@HOST:PORT/DATABASE".to_owned()
     })?;
@@ -45,6 +48,22 @@ pub async fn create_if_missing(url: &str) -> anyhow::Result<()> {
             .context("failed to create the database")?;
     }
     Ok(())
+}
+
+/// Drops the database named in `url`, closing its other connections, and
+/// creates it again empty.
+pub async fn recreate(url: &str) -> anyhow::Result<()> {
+    if Postgres::database_exists(url)
+        .await
+        .context("failed to check whether the database exists; is PostgreSQL running?")?
+    {
+        Postgres::force_drop_database(url)
+            .await
+            .context("failed to drop the database")?;
+    }
+    Postgres::create_database(url)
+        .await
+        .context("failed to create the database")
 }
 
 /// Applies the embedded migrations that the database has not seen yet.

@@ -27,7 +27,12 @@ pub struct DemoOptions {
 /// Creates and migrates the database, loads the dataset, runs the reminder
 /// and flag jobs once at `options.now` and prints the summary and report.
 pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<()> {
-    crate::db::create_if_missing(&options.database_url).await?;
+    check_size(options.size)?;
+    if options.reset {
+        crate::db::recreate(&options.database_url).await?;
+    } else {
+        crate::db::create_if_missing(&options.database_url).await?;
+    }
     let pool = crate::db::connect(
         &options.database_url,
         settings
@@ -38,7 +43,7 @@ pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<()
     )
     .await?;
     crate::db::migrate(&pool).await?;
-    dataset::prepare(&pool, options.reset).await?;
+    dataset::prepare(&pool, false).await?;
     let loaded = dataset::load(&pool, options.seed, options.size, options.now).await?;
 
     let transport_kind = settings.demo_transport();
@@ -50,15 +55,16 @@ pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<()
 
     let rows = report::load(&pool, &ReportFilter::default(), options.now).await?;
     let mut out = std::io::stdout().lock();
-    write_summary(
-        &mut out,
-        &options,
-        &loaded,
-        &destination,
+    let summary = Summary {
+        options: &options,
+        loaded: &loaded,
+        destination: &destination,
         transport_kind,
-        &reminders,
-        &flags,
-    )?;
+        reminders: &reminders,
+        flags: &flags,
+        stages: &settings.reminders.stages,
+    };
+    write_summary(&mut out, &summary)?;
     writeln!(out)?;
     writeln!(
         out,
@@ -81,15 +87,60 @@ pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<()
     Ok(())
 }
 
-fn write_summary(
-    out: &mut impl Write,
-    options: &DemoOptions,
-    loaded: &dataset::LoadSummary,
-    destination: &str,
+/// Upper bounds that keep a mistyped size from running for hours or
+/// exhausting memory; each member's sessions are generated in memory.
+const MAX_PROVIDERS: u32 = 1_000_000;
+const MAX_MEMBERS: u32 = 10_000_000;
+const MAX_SESSIONS: u64 = 100_000_000;
+const MAX_SESSIONS_PER_MEMBER: u64 = 10_000;
+
+/// Rejects sizes past the bounds before anything in the database changes.
+fn check_size(size: DemoSize) -> anyhow::Result<()> {
+    if size.providers > MAX_PROVIDERS {
+        anyhow::bail!(
+            "invalid --providers {}: at most {MAX_PROVIDERS}",
+            size.providers
+        );
+    }
+    if size.members > MAX_MEMBERS {
+        anyhow::bail!("invalid --members {}: at most {MAX_MEMBERS}", size.members);
+    }
+    if size.sessions > MAX_SESSIONS {
+        anyhow::bail!(
+            "invalid --sessions {}: at most {MAX_SESSIONS}",
+            size.sessions
+        );
+    }
+    if size.sessions > MAX_SESSIONS_PER_MEMBER * u64::from(size.members) {
+        anyhow::bail!(
+            "invalid --sessions {}: at most {MAX_SESSIONS_PER_MEMBER} per member; raise --members",
+            size.sessions
+        );
+    }
+    Ok(())
+}
+
+/// Everything the demo summary reports.
+struct Summary<'a> {
+    options: &'a DemoOptions,
+    loaded: &'a dataset::LoadSummary,
+    destination: &'a str,
     transport_kind: TransportKind,
-    reminders: &ReminderRun,
-    flags: &FlagCounts,
-) -> anyhow::Result<()> {
+    reminders: &'a ReminderRun,
+    flags: &'a FlagCounts,
+    stages: &'a [crate::config::Span],
+}
+
+fn write_summary(out: &mut impl Write, summary: &Summary<'_>) -> anyhow::Result<()> {
+    let Summary {
+        options,
+        loaded,
+        destination,
+        transport_kind,
+        reminders,
+        flags,
+        stages,
+    } = *summary;
     let plan = &reminders.plan;
     let delivery = &reminders.delivery;
     writeln!(
@@ -139,18 +190,26 @@ fn write_summary(
         "  digests retrying / failed          {:>3} / {}",
         delivery.digests_retrying, delivery.digests_failed
     )?;
+    if delivery.digests_deferred > 0 {
+        writeln!(
+            out,
+            "  retries waiting for the window     {:>7}",
+            delivery.digests_deferred
+        )?;
+    }
     writeln!(out, "  sessions reminded, by stage")?;
-    let stage_names = [
-        "overdue, before the first stage",
-        "stage 1",
-        "stage 2",
-        "stage 3",
-    ];
-    for (stage, count) in &delivery.sessions_by_stage {
-        let name = stage_names
-            .get(*stage as usize)
-            .copied()
-            .unwrap_or("later stage");
+    let stage_count = i16::try_from(stages.len()).unwrap_or(i16::MAX);
+    let first_stage = if delivery.sessions_by_stage.contains_key(&0) {
+        0
+    } else {
+        1
+    };
+    for stage in first_stage..=stage_count {
+        let count = delivery.sessions_by_stage.get(&stage).copied().unwrap_or(0);
+        let name = match stage {
+            0 => "overdue, before the first stage".to_owned(),
+            stage => format!("stage {stage} ({})", stages[stage as usize - 1]),
+        };
         writeln!(out, "    {name:<33}{count:>7}")?;
     }
     if transport_kind == TransportKind::File {

@@ -120,7 +120,7 @@ fn build_smtp(smtp: &SmtpSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1Ex
         .pool_config(PoolConfig::new().max_size(smtp.pool_size));
     if let (Some(username), Some(password)) = (&smtp.username, &smtp.password) {
         builder = builder.credentials(Credentials::new(
-            username.clone(),
+            username.expose().to_owned(),
             password.expose().to_owned(),
         ));
     }
@@ -133,7 +133,9 @@ fn classify_smtp_error(error: lettre::transport::smtp::Error) -> SendError {
         text.parse::<u16>().unwrap_or(0)
     });
     let detail = error.to_string();
-    if error.is_permanent() {
+    // A client error means this message can never go through as built,
+    // for example an internationalized address the server does not take.
+    if error.is_permanent() || error.is_client() {
         SendError::Permanent { code, detail }
     } else {
         // Transient replies, timeouts, refused or reset connections and TLS

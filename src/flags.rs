@@ -321,10 +321,10 @@ async fn find_unreachable_providers(
 
     let mut rows = sqlx::query_as::<_, Row>(
         "SELECT p.id, p.name, p.email, p.time_zone, p.active,
-                COALESCE(last.status = 'failed', false) AS last_digest_failed
+                COALESCE(last.status = 'failed' AND last.permanent_failure, false) AS last_digest_failed
          FROM providers p
          LEFT JOIN LATERAL (
-             SELECT r.status FROM reminders r
+             SELECT r.status, r.permanent_failure FROM reminders r
              WHERE r.provider_id = p.id AND r.status IN ('sent', 'failed')
              ORDER BY r.finished_at DESC NULLS LAST, r.id DESC
              LIMIT 1
@@ -376,28 +376,36 @@ pub enum FlagUpdateError {
     Database(#[from] sqlx::Error),
 }
 
-/// Records that `by` has seen flag `id`. Acknowledging twice keeps the
-/// first acknowledgement.
+/// The first acknowledgement of a flag, which later ones do not replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledgement {
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Records that `by` has seen flag `id`, unless someone already did, and
+/// returns the acknowledgement that stands.
 pub async fn acknowledge(
     pool: &PgPool,
     id: i64,
     by: &str,
     now: DateTime<Utc>,
-) -> Result<(), FlagUpdateError> {
+) -> Result<Acknowledgement, FlagUpdateError> {
     let state = flag_state(pool, id).await?;
     if state.resolved {
         return Err(FlagUpdateError::AlreadyResolved(id));
     }
-    sqlx::query(
+    let (by, at): (String, DateTime<Utc>) = sqlx::query_as(
         "UPDATE flags SET acknowledged_at = COALESCE(acknowledged_at, $2), acknowledged_by = COALESCE(acknowledged_by, $3)
-         WHERE id = $1",
+         WHERE id = $1
+         RETURNING acknowledged_by, acknowledged_at",
     )
     .bind(id)
     .bind(now)
     .bind(by)
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(())
+    Ok(Acknowledgement { by, at })
 }
 
 /// Resolves flag `id` on behalf of `by` with a note saying what was done.
@@ -412,6 +420,15 @@ pub async fn resolve(
     if note.is_empty() {
         return Err(FlagUpdateError::InvalidNote(
             "the note is empty; say what was done".to_owned(),
+        ));
+    }
+    if note
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(FlagUpdateError::InvalidNote(
+            "the note contains control characters; use plain text, with line breaks if needed"
+                .to_owned(),
         ));
     }
     if note.chars().count() > 2000 {

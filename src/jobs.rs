@@ -70,6 +70,7 @@ impl Worker {
                 composer: Composer::new(settings).context("failed to load the email templates")?,
                 transport,
                 settings: settings.reminders.clone(),
+                window: SendWindow::from_settings(settings),
                 shutdown: Shutdown::never(),
             },
             flagger: Flagger {
@@ -122,9 +123,16 @@ impl Worker {
         now: DateTime<Utc>,
         work: impl Future<Output = anyhow::Result<T>>,
     ) -> anyhow::Result<T> {
-        let run_id = crate::runs::start(&self.pool, job.as_str(), now)
-            .await
-            .with_context(|| format!("failed to record the start of a {job} run"))?;
+        let run_id = match crate::runs::start(&self.pool, job.as_str(), now).await {
+            Ok(run_id) => run_id,
+            Err(failure) => {
+                // Usually the database is down; the next tick tries again.
+                let failure = anyhow::Error::new(failure)
+                    .context(format!("failed to record the start of a {job} run"));
+                error!(job = job.as_str(), error = %format!("{failure:#}"), "job run failed");
+                return Err(failure);
+            }
+        };
         let span = info_span!("job", job = job.as_str(), run_id);
         async {
             info!(clock = %now.to_rfc3339(), "job run started");

@@ -8,6 +8,7 @@
 //! the same `Message-ID`.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
@@ -20,7 +21,8 @@ use crate::compose::{Composer, DigestSession};
 use crate::config::ReminderSettings;
 use crate::email::{SendError, Transport};
 use crate::flags::{self, FlagKind};
-use crate::recipient::{self, ProviderRow, Unreachable};
+use crate::policy::SendWindow;
+use crate::recipient::{self, ProviderRow, Recipient, Unreachable};
 use crate::shutdown::Shutdown;
 
 /// Counts from one delivery pass.
@@ -30,6 +32,9 @@ pub struct DeliveryCounts {
     /// Digests not sent because every session had left `scheduled`.
     pub digests_empty: u64,
     pub digests_retrying: u64,
+    /// Retries or leftovers whose provider's send window was closed; they
+    /// wait for the next opening.
+    pub digests_deferred: u64,
     pub digests_failed: u64,
     /// Sessions dropped from digests because they had left `scheduled`.
     pub sessions_dropped: u64,
@@ -43,6 +48,7 @@ impl DeliveryCounts {
         self.digests_sent += other.digests_sent;
         self.digests_empty += other.digests_empty;
         self.digests_retrying += other.digests_retrying;
+        self.digests_deferred += other.digests_deferred;
         self.digests_failed += other.digests_failed;
         self.sessions_dropped += other.sessions_dropped;
         for (stage, count) in &other.sessions_by_stage {
@@ -59,13 +65,15 @@ struct ClaimedDigest {
     attempts: i32,
 }
 
+/// One digest item. Times a chrono value cannot hold (PostgreSQL's
+/// `infinity`, or years past 9999) arrive as NULL.
 #[derive(Debug, sqlx::FromRow)]
 struct ItemRow {
     session_id: i64,
     stage: i16,
     still_scheduled: bool,
-    starts_at: DateTime<Utc>,
-    ends_at: DateTime<Utc>,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
     member_name: Option<String>,
 }
 
@@ -77,19 +85,43 @@ enum Outcome {
         error: String,
         next_attempt_at: DateTime<Utc>,
     },
+    /// Not attempted: the provider's send window is closed.
+    Defer {
+        next_attempt_at: DateTime<Utc>,
+    },
+    /// `permanent` marks failures that say the provider cannot be reached,
+    /// which open provider_unreachable flags; running out of attempts on
+    /// transient errors does not.
     Failed {
         error: String,
+        permanent: bool,
     },
 }
 
-/// Delivers due digests, with the retry policy fixed at start-up.
+/// Delivers due digests, with the policies fixed at start-up.
 pub struct Deliverer {
     pub composer: Composer,
     pub transport: Transport,
     pub settings: ReminderSettings,
+    pub window: SendWindow,
     /// Checked before each message: once requested, the pass hands the
     /// rest of its batch back and returns.
     pub shutdown: Shutdown,
+}
+
+/// The instant a pass started, in the job's clock, and when, in real time,
+/// so leases follow the time that really passes during a long pass.
+#[derive(Debug, Clone, Copy)]
+struct PassClock {
+    started_at: DateTime<Utc>,
+    started: Instant,
+}
+
+impl PassClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = chrono::Duration::from_std(self.started.elapsed()).unwrap_or_default();
+        self.started_at + elapsed
+    }
 }
 
 impl Deliverer {
@@ -101,10 +133,14 @@ impl Deliverer {
         pool: &PgPool,
         now: DateTime<Utc>,
     ) -> anyhow::Result<DeliveryCounts> {
+        let clock = PassClock {
+            started_at: now,
+            started: Instant::now(),
+        };
         let senders = self.settings.delivery_concurrency.max(1);
         let claim_size = (self.settings.delivery_batch_size / senders).max(1);
         let results = futures_util::future::join_all(
-            (0..senders).map(|_| self.run_sender(pool, now, claim_size)),
+            (0..senders).map(|_| self.run_sender(pool, clock, claim_size)),
         )
         .await;
 
@@ -119,7 +155,7 @@ impl Deliverer {
     async fn run_sender(
         &self,
         pool: &PgPool,
-        now: DateTime<Utc>,
+        clock: PassClock,
         claim_size: u32,
     ) -> anyhow::Result<DeliveryCounts> {
         let mut counts = DeliveryCounts::default();
@@ -127,36 +163,53 @@ impl Deliverer {
             if self.shutdown.is_requested() {
                 return Ok(counts);
             }
-            let batch = self.claim_batch(pool, now, claim_size).await?;
+            let token = new_lease_token();
+            let batch = self
+                .claim_batch(pool, clock.now(), claim_size, token)
+                .await?;
             if batch.is_empty() {
                 break;
             }
             for (index, digest) in batch.iter().enumerate() {
                 if self.shutdown.is_requested() {
                     let unsent: Vec<i64> = batch[index..].iter().map(|digest| digest.id).collect();
-                    release_leases(pool, &unsent).await?;
+                    release_leases(pool, &unsent, token).await?;
                     info!(
                         released = unsent.len(),
                         "delivery stopped for shutdown; unsent digests released"
                     );
                     return Ok(counts);
                 }
-                self.deliver(pool, now, digest, &mut counts).await?;
+
+                // A digest that waited in this batch past its lease may have
+                // been claimed by another sender; only the lease holder sends.
+                if !self
+                    .renew_lease(pool, digest.id, token, clock.now())
+                    .await?
+                {
+                    debug!(
+                        reminder_id = digest.id,
+                        "lease lost to another sender; digest skipped"
+                    );
+                    continue;
+                }
+                self.deliver(pool, clock.now(), digest, &mut counts).await?;
             }
         }
         Ok(counts)
     }
 
-    /// Leases up to one batch of due digests. `SKIP LOCKED` and the lease
-    /// keep two senders from taking the same digest.
+    /// Leases up to `claim_size` due digests with `token`. `SKIP LOCKED`
+    /// and the lease keep two senders from taking the same digest.
     async fn claim_batch(
         &self,
         pool: &PgPool,
         now: DateTime<Utc>,
         claim_size: u32,
+        token: i64,
     ) -> sqlx::Result<Vec<ClaimedDigest>> {
         sqlx::query_as(
-            "UPDATE reminders SET lease_until = $2, attempts = attempts + 1
+            "UPDATE reminders SET lease_until = $2, lease_token = $4, attempts = attempts + 1
              WHERE id IN (
                  SELECT id FROM reminders
                  WHERE status = 'pending' AND next_attempt_at <= $1
@@ -169,8 +222,29 @@ impl Deliverer {
         .bind(now)
         .bind(now + self.settings.lease.to_chrono())
         .bind(i64::from(claim_size))
+        .bind(token)
         .fetch_all(pool)
         .await
+    }
+
+    /// Extends the lease of digest `id` if `token` still holds it.
+    async fn renew_lease(
+        &self,
+        pool: &PgPool,
+        id: i64,
+        token: i64,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE reminders SET lease_until = $3
+             WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(now + self.settings.lease.to_chrono())
+        .execute(pool)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
     }
 
     async fn deliver(
@@ -183,14 +257,37 @@ impl Deliverer {
         let items = load_items(pool, digest.id).await?;
         let dropped: Vec<i64> = items
             .iter()
-            .filter(|item| !item.still_scheduled)
+            .filter(|item| {
+                !item.still_scheduled || item.starts_at.is_none() || item.ends_at.is_none()
+            })
             .map(|item| item.session_id)
             .collect();
+        for item in items
+            .iter()
+            .filter(|item| item.still_scheduled && dropped.contains(&item.session_id))
+        {
+            warn!(
+                reminder_id = digest.id,
+                session_id = item.session_id,
+                "session skipped: its start or end time is out of range"
+            );
+        }
         if !dropped.is_empty() {
             mark_dropped(pool, digest.id, &dropped).await?;
             counts.sessions_dropped += dropped.len() as u64;
         }
-        let kept: Vec<&ItemRow> = items.iter().filter(|item| item.still_scheduled).collect();
+        let kept: Vec<DigestSession> = items
+            .iter()
+            .filter(|item| !dropped.contains(&item.session_id))
+            .filter_map(|item| {
+                Some(DigestSession {
+                    session_id: item.session_id,
+                    starts_at: item.starts_at?,
+                    ends_at: item.ends_at?,
+                    member_name: item.member_name.clone().unwrap_or_default(),
+                })
+            })
+            .collect();
 
         let outcome = if kept.is_empty() {
             Outcome::Empty
@@ -201,18 +298,25 @@ impl Deliverer {
         match &outcome {
             Outcome::Sent => {
                 counts.digests_sent += 1;
-                for item in &kept {
+                for item in items
+                    .iter()
+                    .filter(|item| !dropped.contains(&item.session_id))
+                {
                     *counts.sessions_by_stage.entry(item.stage).or_default() += 1;
                 }
             }
             Outcome::Empty => counts.digests_empty += 1,
             Outcome::Retry { .. } => counts.digests_retrying += 1,
+            Outcome::Defer { .. } => counts.digests_deferred += 1,
             Outcome::Failed { .. } => counts.digests_failed += 1,
         }
         record_outcome(pool, now, digest.id, &outcome).await?;
 
-        if let Outcome::Failed { .. } = outcome {
-            let session_ids: Vec<i64> = kept.iter().map(|item| item.session_id).collect();
+        if let Outcome::Failed {
+            permanent: true, ..
+        } = outcome
+        {
+            let session_ids: Vec<i64> = kept.iter().map(|session| session.session_id).collect();
             let reason = Unreachable::DeliveryFailed.to_string();
             flags::open_for_sessions(
                 pool,
@@ -226,58 +330,47 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Checks the provider again, composes the message and sends it.
+    /// Checks the provider and its send window again, composes the message
+    /// and sends it.
     async fn send(
         &self,
         pool: &PgPool,
         now: DateTime<Utc>,
         digest: &ClaimedDigest,
-        items: &[&ItemRow],
+        sessions: &[DigestSession],
     ) -> anyhow::Result<Outcome> {
-        let provider: Option<ProviderRow> = sqlx::query_as(
-            "SELECT id, name, email, time_zone, active FROM providers WHERE id = $1",
-        )
-        .bind(digest.provider_id)
-        .fetch_optional(pool)
-        .await?;
-        let recipient = match provider.as_ref().map(recipient::check) {
-            Some(Ok(recipient)) => recipient,
-            Some(Err(reason)) => {
+        let recipient = match load_recipient(pool, digest).await? {
+            Ok(recipient) => recipient,
+            Err(reason) => {
                 warn!(reminder_id = digest.id, provider_id = digest.provider_id, %reason, "digest not sent");
                 return Ok(Outcome::Failed {
-                    error: reason.to_string(),
-                });
-            }
-            None => {
-                warn!(
-                    reminder_id = digest.id,
-                    provider_id = digest.provider_id,
-                    "digest not sent: provider not found"
-                );
-                return Ok(Outcome::Failed {
-                    error: "provider not found".to_owned(),
+                    error: reason,
+                    permanent: true,
                 });
             }
         };
 
-        let sessions: Vec<DigestSession> = items
-            .iter()
-            .map(|item| DigestSession {
-                session_id: item.session_id,
-                starts_at: item.starts_at,
-                ends_at: item.ends_at,
-                member_name: item.member_name.clone().unwrap_or_default(),
-            })
-            .collect();
+        // A retry or a digest left over from a stopped process can come due
+        // at night; it waits for the provider's next window like a new one.
+        if !self
+            .window
+            .is_open(&now.with_timezone(&recipient.time_zone))
+        {
+            return Ok(Outcome::Defer {
+                next_attempt_at: self.window.next_opening(now, recipient.time_zone),
+            });
+        }
+
         let message = match self
             .composer
-            .digest(&digest.reminder_key, &recipient, &sessions, now)
+            .digest(&digest.reminder_key, &recipient, sessions, now)
         {
             Ok(message) => message,
             Err(error) => {
                 warn!(reminder_id = digest.id, provider_id = digest.provider_id, error = %format!("{error:#}"), "failed to compose digest");
                 return Ok(Outcome::Failed {
                     error: format!("failed to compose: {error:#}"),
+                    permanent: false,
                 });
             }
         };
@@ -287,7 +380,7 @@ impl Deliverer {
                 debug!(
                     reminder_id = digest.id,
                     provider_id = digest.provider_id,
-                    sessions = items.len(),
+                    sessions = sessions.len(),
                     "digest sent"
                 );
                 Ok(Outcome::Sent)
@@ -317,16 +410,35 @@ impl Deliverer {
                 warn!(reminder_id = digest.id, provider_id = digest.provider_id, attempts, smtp_code = ?code, "digest delivery failed, no attempts left");
                 Outcome::Failed {
                     error: error.to_string(),
+                    permanent: false,
                 }
             }
             SendError::Permanent { .. } => {
                 warn!(reminder_id = digest.id, provider_id = digest.provider_id, attempts, smtp_code = ?code, "digest delivery failed permanently");
                 Outcome::Failed {
                     error: error.to_string(),
+                    permanent: true,
                 }
             }
         }
     }
+}
+
+/// Reads the provider row again and checks it, returning the reason it
+/// cannot be reached as text when it fails.
+async fn load_recipient(
+    pool: &PgPool,
+    digest: &ClaimedDigest,
+) -> sqlx::Result<Result<Recipient, String>> {
+    let provider: Option<ProviderRow> =
+        sqlx::query_as("SELECT id, name, email, time_zone, active FROM providers WHERE id = $1")
+            .bind(digest.provider_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match provider {
+        Some(row) => recipient::check(&row).map_err(|reason| reason.to_string()),
+        None => Err("provider not found".to_owned()),
+    })
 }
 
 /// Backoff before the attempt after `attempts`: the base delay doubled for
@@ -348,13 +460,23 @@ pub fn retry_delay(
     chrono::Duration::milliseconds((full * factor * 1000.0) as i64)
 }
 
+/// A token that tells one claim from every other, across processes.
+fn new_lease_token() -> i64 {
+    let (high, _) = uuid::Uuid::new_v4().as_u64_pair();
+    high as i64
+}
+
+// Times outside chrono's range (infinity, years past 9999) come back as
+// NULL, so one odd platform row cannot fail the whole pass.
 async fn load_items(pool: &PgPool, reminder_id: i64) -> sqlx::Result<Vec<ItemRow>> {
     sqlx::query_as(
         "SELECT ri.session_id, ri.stage, s.status = 'scheduled' AS still_scheduled,
-                s.starts_at, s.ends_at, m.name AS member_name
+                CASE WHEN s.starts_at BETWEEN '0001-01-01' AND '9999-12-31' THEN s.starts_at END AS starts_at,
+                CASE WHEN s.ends_at BETWEEN '0001-01-01' AND '9999-12-31' THEN s.ends_at END AS ends_at,
+                m.name AS member_name
          FROM reminder_items ri
          JOIN sessions s ON s.id = ri.session_id
-         JOIN members m ON m.id = s.member_id
+         LEFT JOIN members m ON m.id = s.member_id
          WHERE ri.reminder_id = $1 AND NOT ri.dropped
          ORDER BY s.ends_at, s.id",
     )
@@ -365,12 +487,16 @@ async fn load_items(pool: &PgPool, reminder_id: i64) -> sqlx::Result<Vec<ItemRow
 
 /// Hands claimed but unsent digests back, so another process can send
 /// them at once instead of after the lease.
-async fn release_leases(pool: &PgPool, reminder_ids: &[i64]) -> sqlx::Result<()> {
-    sqlx::query("UPDATE reminders SET lease_until = NULL, attempts = attempts - 1 WHERE id = ANY($1) AND status = 'pending'")
-        .bind(reminder_ids)
-        .execute(pool)
-        .await
-        .map(|_| ())
+async fn release_leases(pool: &PgPool, reminder_ids: &[i64], token: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE reminders SET lease_until = NULL, lease_token = NULL, attempts = attempts - 1
+         WHERE id = ANY($1) AND lease_token = $2 AND status = 'pending'",
+    )
+    .bind(reminder_ids)
+    .bind(token)
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 async fn mark_dropped(pool: &PgPool, reminder_id: i64, session_ids: &[i64]) -> sqlx::Result<()> {
@@ -390,23 +516,37 @@ async fn record_outcome(
     reminder_id: i64,
     outcome: &Outcome,
 ) -> sqlx::Result<()> {
-    let (status, next_attempt_at, error): (&str, Option<DateTime<Utc>>, Option<&str>) =
-        match outcome {
-            Outcome::Sent => ("sent", None, None),
-            Outcome::Empty => ("empty", None, None),
-            Outcome::Retry {
-                error,
-                next_attempt_at,
-            } => ("pending", Some(*next_attempt_at), Some(error)),
-            Outcome::Failed { error } => ("failed", None, Some(error)),
-        };
+    // (status, next attempt, error, permanent failure, whether the attempt counts)
+    let (status, next_attempt_at, error, permanent, attempted) = match outcome {
+        Outcome::Sent => ("sent", None, None, false, true),
+        Outcome::Empty => ("empty", None, None, false, false),
+        Outcome::Retry {
+            error,
+            next_attempt_at,
+        } => (
+            "pending",
+            Some(*next_attempt_at),
+            Some(error.as_str()),
+            false,
+            true,
+        ),
+        Outcome::Defer { next_attempt_at } => {
+            ("pending", Some(*next_attempt_at), None, false, false)
+        }
+        Outcome::Failed { error, permanent } => {
+            ("failed", None, Some(error.as_str()), *permanent, true)
+        }
+    };
     sqlx::query(
         "UPDATE reminders SET
              status = $2::reminder_status,
              finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $3 END,
              next_attempt_at = COALESCE($4, next_attempt_at),
-             last_error = $5,
-             lease_until = NULL
+             last_error = COALESCE($5, CASE WHEN $2 = 'pending' THEN last_error END),
+             permanent_failure = $6,
+             attempts = CASE WHEN $7 THEN attempts ELSE attempts - 1 END,
+             lease_until = NULL,
+             lease_token = NULL
          WHERE id = $1",
     )
     .bind(reminder_id)
@@ -414,6 +554,8 @@ async fn record_outcome(
     .bind(now)
     .bind(next_attempt_at)
     .bind(error)
+    .bind(permanent)
+    .bind(attempted)
     .execute(pool)
     .await
     .map(|_| ())

@@ -3,6 +3,7 @@
 //! is escalated, and whether a provider's local send window is open.
 
 use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
 
 use crate::config::Settings;
 
@@ -86,6 +87,33 @@ impl SendWindow {
         }
     }
 
+    /// Returns the first instant after `after` at which the window opens
+    /// in `zone`. A start time that falls in a DST gap moves an hour on.
+    pub fn next_opening(&self, after: DateTime<Utc>, zone: Tz) -> DateTime<Utc> {
+        let today = after.with_timezone(&zone).date_naive();
+        for offset in 0..=7 {
+            let day = today + chrono::Duration::days(offset);
+            if !self.business_days.contains(&day.weekday()) {
+                continue;
+            }
+            let local_start = day.and_time(self.start);
+            let opening = zone
+                .from_local_datetime(&local_start)
+                .earliest()
+                .or_else(|| {
+                    zone.from_local_datetime(&(local_start + chrono::Duration::hours(1)))
+                        .earliest()
+                });
+            if let Some(opening) = opening.map(|opening| opening.with_timezone(&Utc))
+                && opening > after
+            {
+                return opening;
+            }
+        }
+        // Unreachable with at least one business day; retry in a day.
+        after + chrono::Duration::days(1)
+    }
+
     /// Tells whether `local` falls on a business day, at or after `start`
     /// and before `end`.
     pub fn is_open<Tz: TimeZone>(&self, local: &DateTime<Tz>) -> bool {
@@ -150,5 +178,23 @@ mod tests {
         assert!(window.is_open(&friday_nine));
         assert!(!window.is_open(&friday_five));
         assert!(!window.is_open(&saturday_noon));
+    }
+
+    #[test]
+    fn next_opening_skips_closed_days() {
+        let window = SendWindow {
+            start: NaiveTime::from_hms_opt(9, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(17, 0, 0).unwrap(),
+            business_days: vec![Weekday::Mon, Weekday::Fri],
+        };
+        let zone = chrono_tz::America::Chicago;
+        // Saturday 5 December 2026, 02:00 in Chicago (CST, UTC-6).
+        let saturday = Utc.with_ymd_and_hms(2026, 12, 5, 8, 0, 0).unwrap();
+        let monday_nine = Utc.with_ymd_and_hms(2026, 12, 7, 15, 0, 0).unwrap();
+        assert_eq!(window.next_opening(saturday, zone), monday_nine);
+        // Friday 08:00 opens the same day at 09:00.
+        let friday_early = Utc.with_ymd_and_hms(2026, 12, 4, 14, 0, 0).unwrap();
+        let friday_nine = Utc.with_ymd_and_hms(2026, 12, 4, 15, 0, 0).unwrap();
+        assert_eq!(window.next_opening(friday_early, zone), friday_nine);
     }
 }

@@ -45,7 +45,7 @@ impl Unreachable {
             Unreachable::InvalidEmail => "provider email address is invalid",
             Unreachable::UnknownTimeZone => "provider time zone is not a known IANA zone",
             Unreachable::UnsafeName => "provider name contains control characters",
-            Unreachable::DeliveryFailed => "last digest to the provider could not be delivered",
+            Unreachable::DeliveryFailed => "last digest to the provider failed permanently",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! groups them by provider and records at most one digest per provider and
 //! local day in the outbox. Delivery is the outbox's step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::TryStreamExt;
@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tracing::{debug, info, warn};
 
 use crate::policy::{ReminderPolicy, SendWindow, Standing};
-use crate::recipient::{self, ProviderRow, Recipient};
+use crate::recipient::{self, ProviderRow};
 
 /// Counts from one planning pass.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -46,6 +46,18 @@ struct OverdueRow {
     #[sqlx(flatten)]
     provider: ProviderRow,
 }
+
+/// A digest decided by the scan, recorded with others in one batch.
+#[derive(Debug)]
+struct PlannedDigest {
+    provider_id: i64,
+    local_date: NaiveDate,
+    items: Vec<PlannedItem>,
+}
+
+/// Digests recorded per transaction. Larger batches save little once the
+/// commit is shared, and keep more rows in memory.
+const RECORD_BATCH_DIGESTS: usize = 500;
 
 /// A session placed in a digest, with the stage it had reached.
 #[derive(Debug, Clone, Copy)]
@@ -98,19 +110,27 @@ impl Planner {
             .fetch(&mut *lock);
 
         let mut group: Vec<OverdueRow> = Vec::new();
+        let mut batch: Vec<PlannedDigest> = Vec::new();
         while let Some(row) = rows.try_next().await? {
             counts.overdue_sessions += 1;
             if group
                 .last()
                 .is_some_and(|last| last.provider.id != row.provider.id)
             {
-                self.plan_provider(pool, now, &group, &mut counts).await?;
+                batch.extend(self.plan_provider(now, &group, &mut counts));
                 group.clear();
+                if batch.len() >= RECORD_BATCH_DIGESTS {
+                    record_digests(pool, now, &batch, &mut counts).await?;
+                    batch.clear();
+                }
             }
             group.push(row);
         }
         if !group.is_empty() {
-            self.plan_provider(pool, now, &group, &mut counts).await?;
+            batch.extend(self.plan_provider(now, &group, &mut counts));
+        }
+        if !batch.is_empty() {
+            record_digests(pool, now, &batch, &mut counts).await?;
         }
         drop(rows);
         lock.commit().await?;
@@ -118,14 +138,13 @@ impl Planner {
     }
 
     /// Decides whether one provider's overdue sessions need a digest now,
-    /// and records it if so.
-    async fn plan_provider(
+    /// and returns it if so.
+    fn plan_provider(
         &self,
-        pool: &PgPool,
         now: DateTime<Utc>,
         rows: &[OverdueRow],
         counts: &mut PlanCounts,
-    ) -> anyhow::Result<()> {
+    ) -> Option<PlannedDigest> {
         let provider = &rows[0].provider;
         counts.providers_seen += 1;
 
@@ -135,7 +154,7 @@ impl Planner {
                 // The flag job opens a provider_unreachable flag for these.
                 debug!(provider_id = provider.id, %reason, "skipped unreachable provider");
                 counts.providers_unreachable += 1;
-                return Ok(());
+                return None;
             }
         };
 
@@ -159,7 +178,7 @@ impl Planner {
         }
         if !reached_new_stage {
             counts.up_to_date += 1;
-            return Ok(());
+            return None;
         }
 
         let local_now = now.with_timezone(&recipient.time_zone);
@@ -169,19 +188,14 @@ impl Planner {
                 "digest deferred until the local send window opens"
             );
             counts.digests_deferred += 1;
-            return Ok(());
+            return None;
         }
 
-        let local_date = local_now.date_naive();
-        if record_digest(pool, now, &recipient, local_date, &items).await? {
-            counts.digests_planned += 1;
-            for item in &items {
-                *counts.sessions_by_stage.entry(item.stage).or_default() += 1;
-            }
-        } else {
-            counts.already_sent_today += 1;
-        }
-        Ok(())
+        Some(PlannedDigest {
+            provider_id: recipient.provider_id,
+            local_date: local_now.date_naive(),
+            items,
+        })
     }
 }
 
@@ -190,51 +204,87 @@ pub fn digest_key(provider_id: i64, local_date: NaiveDate) -> String {
     format!("digest-{provider_id}-{local_date}")
 }
 
-/// Inserts the digest and its items in one transaction. Returns false when
-/// the provider already has a digest for `local_date`, which the unique
-/// constraint guarantees even with several replicas planning at once.
-async fn record_digest(
+/// Inserts a batch of digests and their items in one transaction, and
+/// counts the digests recorded and those skipped because the provider
+/// already has one for that local day. The unique constraint makes that
+/// skip safe even with several replicas planning at once. A batch saves a
+/// commit, and so a WAL flush, per digest; a failure rolls the whole batch
+/// back and the next tick plans it again.
+async fn record_digests(
     pool: &PgPool,
     now: DateTime<Utc>,
-    recipient: &Recipient,
-    local_date: NaiveDate,
-    items: &[PlannedItem],
-) -> sqlx::Result<bool> {
-    let mut transaction = pool.begin().await?;
-    let reminder_id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO reminders (reminder_key, provider_id, local_date, created_at, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $4)
-         ON CONFLICT DO NOTHING
-         RETURNING id",
-    )
-    .bind(digest_key(recipient.provider_id, local_date))
-    .bind(recipient.provider_id)
-    .bind(local_date)
-    .bind(now)
-    .fetch_optional(&mut *transaction)
-    .await?;
-    let Some(reminder_id) = reminder_id else {
-        transaction.rollback().await?;
-        return Ok(false);
-    };
+    digests: &[PlannedDigest],
+    counts: &mut PlanCounts,
+) -> sqlx::Result<()> {
+    let keys: Vec<String> = digests
+        .iter()
+        .map(|digest| digest_key(digest.provider_id, digest.local_date))
+        .collect();
+    let provider_ids: Vec<i64> = digests.iter().map(|digest| digest.provider_id).collect();
+    let local_dates: Vec<NaiveDate> = digests.iter().map(|digest| digest.local_date).collect();
 
-    let session_ids: Vec<i64> = items.iter().map(|item| item.session_id).collect();
-    let stages: Vec<i16> = items.iter().map(|item| item.stage).collect();
+    let mut transaction = pool.begin().await?;
+    let recorded: Vec<(i64, i64)> = sqlx::query_as(
+        "INSERT INTO reminders (reminder_key, provider_id, local_date, created_at, next_attempt_at)
+         SELECT digest.key, digest.provider_id, digest.local_date, $4, $4
+         FROM unnest($1::text[], $2::bigint[], $3::date[]) AS digest(key, provider_id, local_date)
+         ON CONFLICT DO NOTHING
+         RETURNING provider_id, id",
+    )
+    .bind(&keys)
+    .bind(&provider_ids)
+    .bind(&local_dates)
+    .bind(now)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let reminder_ids: HashMap<i64, i64> = recorded.into_iter().collect();
+
+    // An older digest still waiting (for a retry or a send window) would
+    // reach the provider on the same day as the new one, which lists all
+    // its sessions anyway. One that a sender holds right now is left alone.
+    let new_providers: Vec<i64> = reminder_ids.keys().copied().collect();
+    let new_ids: Vec<i64> = reminder_ids.values().copied().collect();
+    sqlx::query(
+        "UPDATE reminders SET status = 'superseded', finished_at = $3
+         WHERE provider_id = ANY($1) AND id <> ALL($2) AND status = 'pending'
+           AND (lease_until IS NULL OR lease_until <= $3)",
+    )
+    .bind(&new_providers)
+    .bind(&new_ids)
+    .bind(now)
+    .execute(&mut *transaction)
+    .await?;
+
+    let mut item_reminder_ids = Vec::new();
+    let mut session_ids = Vec::new();
+    let mut stages = Vec::new();
+    for digest in digests {
+        let Some(&reminder_id) = reminder_ids.get(&digest.provider_id) else {
+            counts.already_sent_today += 1;
+            continue;
+        };
+        counts.digests_planned += 1;
+        for item in &digest.items {
+            item_reminder_ids.push(reminder_id);
+            session_ids.push(item.session_id);
+            stages.push(item.stage);
+            *counts.sessions_by_stage.entry(item.stage).or_default() += 1;
+        }
+        debug!(
+            reminder_id,
+            provider_id = digest.provider_id,
+            sessions = digest.items.len(),
+            "digest recorded"
+        );
+    }
     sqlx::query(
         "INSERT INTO reminder_items (reminder_id, session_id, stage)
-         SELECT $1, item.session_id, item.stage FROM unnest($2::bigint[], $3::smallint[]) AS item(session_id, stage)",
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::smallint[])",
     )
-    .bind(reminder_id)
+    .bind(&item_reminder_ids)
     .bind(&session_ids)
     .bind(&stages)
     .execute(&mut *transaction)
     .await?;
-    transaction.commit().await?;
-    debug!(
-        reminder_id,
-        provider_id = recipient.provider_id,
-        sessions = items.len(),
-        "digest recorded"
-    );
-    Ok(true)
+    transaction.commit().await
 }

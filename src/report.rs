@@ -69,7 +69,10 @@ pub async fn load(
 ) -> sqlx::Result<Vec<ReportRow>> {
     let rows: Vec<FlagRow> = sqlx::query_as(
         "SELECT f.id, f.kind, f.session_id, f.provider_id, f.member_id,
-                m.name AS member_name, s.starts_at, s.ends_at, p.time_zone,
+                m.name AS member_name,
+                CASE WHEN s.starts_at BETWEEN '0001-01-01' AND '9999-12-31' THEN s.starts_at END AS starts_at,
+                CASE WHEN s.ends_at BETWEEN '0001-01-01' AND '9999-12-31' THEN s.ends_at END AS ends_at,
+                p.time_zone,
                 f.reason, f.opened_at, f.last_seen_at, f.acknowledged_by,
                 f.resolved_at, f.resolution::text AS resolution, f.note
          FROM flags f
@@ -98,7 +101,7 @@ fn to_report_row(row: FlagRow, now: DateTime<Utc>) -> ReportRow {
             .format("%Y-%m-%d %H:%M %Z")
             .to_string(),
         (Some(start), None) => start.format("%Y-%m-%d %H:%M UTC").to_string(),
-        (None, _) => "(session missing)".to_owned(),
+        (None, _) => "(missing or out of range)".to_owned(),
     };
     ReportRow {
         flag_id: row.id,

@@ -25,7 +25,7 @@ async fn drop_database(name: &str) {
         .unwrap();
 }
 
-/// Reads the number at the end of the summary line that starts with `label`.
+/// Reads the first number after `label` on the summary line that starts with it.
 fn count_after(stdout: &str, label: &str) -> u64 {
     let line = stdout
         .lines()
@@ -33,8 +33,7 @@ fn count_after(stdout: &str, label: &str) -> u64 {
         .unwrap_or_else(|| panic!("no line for {label:?} in:\n{stdout}"));
     line.trim_start()[label.len()..]
         .split_whitespace()
-        .next()
-        .and_then(|number| number.parse().ok())
+        .find_map(|word| word.parse().ok())
         .unwrap_or_else(|| panic!("no count in line {line:?}"))
 }
 
@@ -142,4 +141,21 @@ fn environment_overrides_config_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "bad port accepted");
     assert!(stderr.contains("port"), "error names the key: {stderr}");
+}
+
+#[test]
+fn numeric_password_accepted_never_printed() {
+    let output = Command::new(BINARY)
+        .env_remove("DATABASE_URL")
+        .env("SESSION_STEWARD_SMTP__USERNAME", "4242")
+        .env("SESSION_STEWARD_SMTP__PASSWORD", "918273")
+        .args(["flags"])
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("918273"), "password printed: {stderr}");
+    assert!(
+        stderr.contains("no database configured"),
+        "configuration accepted, then the missing database reported: {stderr}"
+    );
 }

@@ -200,6 +200,15 @@ async fn attempts_run_out_then_failed(pool: PgPool) {
     let (status, attempts, _) = reminder_state(&pool, provider_id).await;
     assert_eq!(status, "failed", "failed after the last attempt");
     assert_eq!(attempts, 3, "stopped at max_attempts");
+
+    // An outage of the mail relay says nothing about the provider.
+    worker.run_flags(now + Duration::hours(4)).await.unwrap();
+    let unreachable: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM flags WHERE kind = 'provider_unreachable'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(unreachable, 0, "running out of attempts flags no provider");
 }
 
 #[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
@@ -436,5 +445,135 @@ async fn bad_rows_flagged_others_processed(pool: PgPool) {
     assert!(
         to_ada[0].text().contains("3 sessions"),
         "lists all three sessions"
+    );
+}
+
+#[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
+async fn retry_waits_for_send_window(pool: PgPool) {
+    let server = SmtpServer::start();
+    server.script_replies(&[451]);
+    // Friday 16:59 in Los Angeles, one minute before the window closes.
+    let late_friday =
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 12, 5, 0, 59, 0).unwrap();
+    let provider_id = provider(&pool, "Ada Lovelace", Some("ada@example.org"), LOS_ANGELES).await;
+    let jane = member(&pool, "Jane Doe", 20, late_friday).await;
+    session(&pool, provider_id, jane, late_friday - Duration::days(6)).await;
+    let worker = helpers::worker(&pool, &settings_for(&server));
+
+    worker.run_reminders(late_friday).await.unwrap();
+    let saturday_night = late_friday + Duration::hours(10);
+    let weekend = worker.run_reminders(saturday_night).await.unwrap();
+
+    assert_eq!(
+        weekend.delivery.digests_deferred, 1,
+        "the retry waits for the window"
+    );
+    assert!(server.messages().is_empty(), "nothing sent at the weekend");
+    let next_attempt: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT next_attempt_at FROM reminders WHERE provider_id = $1")
+            .bind(provider_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let monday_nine =
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 12, 7, 17, 0, 0).unwrap();
+    assert_eq!(
+        next_attempt, monday_nine,
+        "rescheduled for Monday 09:00 local"
+    );
+
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM reminders WHERE provider_id = $1")
+        .bind(provider_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "a deferral is not an attempt");
+
+    // By Monday the session passed its second stage, so Monday's new digest
+    // replaces Friday's unsent one: one email, with the current contents.
+    let monday = worker.run_reminders(monday_nine).await.unwrap();
+    assert_eq!(
+        monday.delivery.digests_sent, 1,
+        "one digest sent when the window opens"
+    );
+    assert_eq!(server.messages().len(), 1, "one email on Monday");
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status::text FROM reminders WHERE provider_id = $1 ORDER BY id")
+            .bind(provider_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        vec!["superseded", "sent"],
+        "Friday's digest superseded by Monday's"
+    );
+}
+
+#[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
+async fn infinite_timestamps_skip_only_their_row(pool: PgPool) {
+    let server = SmtpServer::start();
+    let now = friday_morning_los_angeles();
+    let provider_id = provider(&pool, "Ada Lovelace", Some("ada@example.org"), LOS_ANGELES).await;
+    let jane = member(&pool, "Jane Doe", 20, now).await;
+    let good = session(&pool, provider_id, jane, now - Duration::days(6)).await;
+    let odd: i64 = sqlx::query_scalar(
+        "INSERT INTO sessions (provider_id, member_id, allotment_id, starts_at, ends_at)
+         VALUES ($1, $2, $3, '-infinity', $4) RETURNING id",
+    )
+    .bind(provider_id)
+    .bind(jane.0)
+    .bind(jane.1)
+    .bind(now - Duration::days(7))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE members SET eligible = false WHERE id = $1")
+        .bind(jane.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO sessions (provider_id, member_id, allotment_id, starts_at, ends_at)
+         VALUES ($1, $2, $3, $4, 'infinity')",
+    )
+    .bind(provider_id)
+    .bind(jane.0)
+    .bind(jane.1)
+    .bind(now + Duration::days(3))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let worker = helpers::worker(&pool, &settings_for(&server));
+
+    let run = worker
+        .run_reminders(now)
+        .await
+        .expect("the run survives the odd rows");
+    worker
+        .run_flags(now)
+        .await
+        .expect("the flag run survives the odd rows");
+    let rows = session_steward::report::load(&pool, &Default::default(), now)
+        .await
+        .expect("the report loads");
+
+    assert_eq!(
+        run.delivery.digests_sent, 1,
+        "the good session is still reminded"
+    );
+    assert!(
+        server.messages()[0].text().contains("1 session is waiting"),
+        "only the good session listed"
+    );
+    let dropped: Vec<i64> =
+        sqlx::query_scalar("SELECT session_id FROM reminder_items WHERE dropped")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(dropped, vec![odd], "the out-of-range session is dropped");
+    assert!(
+        rows.iter().any(|row| row.session_id == good),
+        "report lists the good session's flags"
     );
 }

@@ -135,7 +135,7 @@ async fn set_member(pool: &PgPool, member_id: i64, eligible: bool, matched: bool
 }
 
 /// Records a finished digest to `provider_id` with `status` ('sent' or
-/// 'failed'), as the outbox would.
+/// 'failed', taken as a permanent failure), as the outbox would.
 async fn finished_digest(
     pool: &PgPool,
     provider_id: i64,
@@ -144,8 +144,8 @@ async fn finished_digest(
 ) {
     sqlx::query(
         "INSERT INTO reminders (reminder_key, provider_id, local_date, status, created_at,
-                                attempts, next_attempt_at, finished_at)
-         VALUES ($1, $2, $3, $4::reminder_status, $5, 1, $5, $5)",
+                                attempts, next_attempt_at, finished_at, permanent_failure)
+         VALUES ($1, $2, $3, $4::reminder_status, $5, 1, $5, $5, $4 = 'failed')",
     )
     .bind(format!("{provider_id}:{finished_at}"))
     .bind(provider_id)

@@ -350,6 +350,7 @@ async fn status_rechecked_before_sending(pool: PgPool) {
         )
         .unwrap(),
         settings: settings.reminders.clone(),
+        window: SendWindow::from_settings(&settings),
         shutdown: session_steward::shutdown::Shutdown::never(),
     };
     let delivery = deliverer.run_once(&pool, now).await.unwrap();
