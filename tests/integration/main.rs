@@ -9,4 +9,5 @@ mod cli;
 mod delivery;
 mod flags;
 mod message;
+mod processes;
 mod reminders;
