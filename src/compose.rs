@@ -146,7 +146,7 @@ impl Composer {
 }
 
 /// Writes a span as "5 days" or "36 hours" for the email text.
-fn describe_span(span: chrono::Duration) -> String {
+pub fn describe_span(span: chrono::Duration) -> String {
     let plural =
         |count: i64, unit: &str| format!("{count} {unit}{}", if count == 1 { "" } else { "s" });
     if span.num_seconds() % 86_400 == 0 {

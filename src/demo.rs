@@ -208,7 +208,10 @@ fn write_summary(out: &mut impl Write, summary: &Summary<'_>) -> anyhow::Result<
         let count = delivery.sessions_by_stage.get(&stage).copied().unwrap_or(0);
         let name = match stage {
             0 => "overdue, before the first stage".to_owned(),
-            stage => format!("stage {stage} ({})", stages[stage as usize - 1]),
+            stage => format!(
+                "stage {stage} ({})",
+                crate::compose::describe_span(stages[stage as usize - 1].to_chrono())
+            ),
         };
         writeln!(out, "    {name:<33}{count:>7}")?;
     }

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::Duration as Days;
-use sqlx::{Connection, PgConnection};
+use helpers::{drop_database, url_with_database};
 
 /// The installed cluster version, such as "15".
 fn cluster_version() -> String {
@@ -72,24 +72,6 @@ impl Drop for RestartOnDrop {
             .status();
         wait_until_ready();
     }
-}
-
-fn url_with_database(name: &str) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
-    let (server, _) = base
-        .rsplit_once('/')
-        .expect("DATABASE_URL has a database path");
-    format!("{server}/{name}")
-}
-
-async fn drop_database(name: &str) {
-    let mut connection = PgConnection::connect(&url_with_database("postgres"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut connection)
-        .await
-        .unwrap();
 }
 
 #[tokio::test]

@@ -2,28 +2,9 @@
 
 use std::process::Command;
 
-use sqlx::{Connection, PgConnection};
+use crate::helpers::{drop_database, url_with_database};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_session-steward");
-
-/// The server URL from DATABASE_URL with another database name.
-fn url_with_database(name: &str) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
-    let (server, _) = base
-        .rsplit_once('/')
-        .expect("DATABASE_URL has a database path");
-    format!("{server}/{name}")
-}
-
-async fn drop_database(name: &str) {
-    let mut connection = PgConnection::connect(&url_with_database("postgres"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut connection)
-        .await
-        .unwrap();
-}
 
 /// Reads the first number after `label` on the summary line that starts with it.
 fn count_after(stdout: &str, label: &str) -> u64 {

@@ -112,16 +112,32 @@ pub async fn digest_sessions(pool: &PgPool, provider_id: i64) -> Vec<Vec<i64>> {
     rows.into_iter().map(|(_, sessions)| sessions).collect()
 }
 
-/// The URL of the database behind `pool`, for child processes: the server
-/// from DATABASE_URL with this test's database name.
-pub async fn database_url(pool: &PgPool) -> String {
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .expect("query database name");
+/// The server URL from DATABASE_URL with another database name.
+pub fn url_with_database(name: &str) -> String {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
     let (server, _) = base
         .rsplit_once('/')
         .expect("DATABASE_URL has a database path");
     format!("{server}/{name}")
+}
+
+/// The URL of the database behind `pool`, for child processes.
+pub async fn database_url(pool: &PgPool) -> String {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("query database name");
+    url_with_database(&name)
+}
+
+/// Drops database `name` if it exists, closing its connections.
+pub async fn drop_database(name: &str) {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(&url_with_database("postgres"))
+        .await
+        .expect("connect to the postgres database");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut connection)
+        .await
+        .expect("drop the database");
 }
