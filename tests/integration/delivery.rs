@@ -201,7 +201,7 @@ async fn attempts_run_out_then_failed(pool: PgPool) {
     assert_eq!(status, "failed", "failed after the last attempt");
     assert_eq!(attempts, 3, "stopped at max_attempts");
 
-    // An outage of the mail relay says nothing about the provider.
+    // An outage of the mail relay tells nothing about the provider.
     worker.run_flags(now + Duration::hours(4)).await.unwrap();
     let unreachable: i64 =
         sqlx::query_scalar("SELECT count(*) FROM flags WHERE kind = 'provider_unreachable'")

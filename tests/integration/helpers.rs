@@ -45,7 +45,7 @@ pub async fn provider(pool: &PgPool, name: &str, email: Option<&str>, time_zone:
     .expect("insert provider")
 }
 
-/// A member with one allotment of `total` sessions whose period runs from
+/// Inserts a member with one allotment of `total` sessions whose period runs from
 /// 100 days before to 200 days after `now`. Returns (member id, allotment id).
 pub async fn member(pool: &PgPool, name: &str, total: i32, now: DateTime<Utc>) -> (i64, i64) {
     let member_id: i64 = sqlx::query_scalar("INSERT INTO members (name) VALUES ($1) RETURNING id")
@@ -66,7 +66,7 @@ pub async fn member(pool: &PgPool, name: &str, total: i32, now: DateTime<Utc>) -
     (member_id, allotment_id)
 }
 
-/// A scheduled 50-minute session that ends at `ends_at`.
+/// Inserts a scheduled 50-minute session that ends at `ends_at`.
 pub async fn session(
     pool: &PgPool,
     provider_id: i64,
@@ -112,7 +112,7 @@ pub async fn digest_sessions(pool: &PgPool, provider_id: i64) -> Vec<Vec<i64>> {
     rows.into_iter().map(|(_, sessions)| sessions).collect()
 }
 
-/// The server URL from DATABASE_URL with another database name.
+/// Returns the server URL from DATABASE_URL with another database name.
 pub fn url_with_database(name: &str) -> String {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
     let (server, _) = base
@@ -121,7 +121,7 @@ pub fn url_with_database(name: &str) -> String {
     format!("{server}/{name}")
 }
 
-/// The URL of the database behind `pool`, for child processes.
+/// Returns the URL of the database behind `pool`, for child processes.
 pub async fn database_url(pool: &PgPool) -> String {
     let name: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(pool)

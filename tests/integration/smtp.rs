@@ -24,7 +24,7 @@ impl Received {
         String::from_utf8_lossy(&self.data).into_owned()
     }
 
-    /// The value of the Message-ID header, as sent.
+    /// Returns the value of the Message-ID header, as sent.
     pub fn message_id(&self) -> Option<String> {
         self.text()
             .lines()
@@ -55,7 +55,7 @@ struct Capture {
 impl Handler for Capture {
     fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, to: &[String]) -> Response {
         self.shared.attempts.fetch_add(1, Ordering::SeqCst);
-        // Scripted failures answer the DATA command itself: mailin stays in
+        // Scripted failures are the reply to the DATA command itself: mailin stays in
         // its data state after a failure at the end of data, which would
         // leave the client waiting.
         let code = self
@@ -166,7 +166,7 @@ impl SmtpServer {
     }
 }
 
-/// A listener that accepts connections and never sends the greeting.
+/// Starts a listener that accepts connections and never sends the greeting.
 pub fn start_silent_listener() -> u16 {
     start_raw_listener(|mut stream| {
         // Hold the connection open, reading whatever the client sends.
@@ -175,7 +175,7 @@ pub fn start_silent_listener() -> u16 {
     })
 }
 
-/// A listener that closes every connection as soon as it is accepted.
+/// Starts a listener that closes every connection as soon as it is accepted.
 pub fn start_closing_listener() -> u16 {
     start_raw_listener(drop)
 }
