@@ -14,12 +14,14 @@
 //!   [`daemon`] runs the ticks on cron schedules;
 //! - [`policy`] and [`recipient`] hold the rules as pure functions;
 //! - [`config`], [`db`], [`runs`], [`shutdown`] and [`telemetry`] are the plumbing;
-//!   [`dataset`] and [`demo`] provide the synthetic data and the demo.
+//!   [`dataset`] and [`demo`] provide the synthetic data and the demo;
+//! - [`benchmark`] measures the reminder cycle at platform scale.
 //!
 //! The worker reads the platform's tables (providers, members, allotments,
 //! sessions) and writes only its own (reminders, reminder_items, flags,
 //! job_runs).
 
+pub mod benchmark;
 pub mod cli;
 pub mod compose;
 pub mod config;

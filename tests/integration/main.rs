@@ -5,6 +5,7 @@
 mod helpers;
 mod smtp;
 
+mod benchmark;
 mod cli;
 mod delivery;
 mod flags;
