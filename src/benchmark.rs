@@ -32,7 +32,6 @@ use crate::outbox::Deliverer;
 use crate::policy::{ReminderPolicy, SendWindow};
 use crate::recipient::{self, ProviderRow};
 use crate::reminders::Planner;
-use crate::shutdown::Shutdown;
 
 /// Benchmark settings: dataset sizes, databases and the SMTP sink.
 #[derive(Debug, Clone)]
@@ -495,13 +494,12 @@ async fn measure_delivery(
     pool: &PgPool,
     pending: u64,
 ) -> anyhow::Result<DeliveryResult> {
-    let deliverer = Deliverer {
-        composer: Composer::new(settings)?,
-        transport: Transport::from_settings(settings, TransportKind::Smtp)?,
-        settings: settings.reminders.clone(),
-        window: crate::policy::SendWindow::from_settings(settings),
-        shutdown: Shutdown::never(),
-    };
+    let deliverer = Deliverer::new(
+        Composer::new(settings)?,
+        Transport::from_settings(settings, TransportKind::Smtp)?,
+        settings.reminders.clone(),
+        crate::policy::SendWindow::from_settings(settings),
+    );
     let started = Instant::now();
     let counts = deliverer.run_once(pool, config.now).await?;
     let elapsed = started.elapsed();

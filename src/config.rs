@@ -299,8 +299,27 @@ impl Settings {
                 .collect();
             anyhow::anyhow!("invalid configuration: {}", one_line.join(" "))
         })?;
+        let mut settings = settings;
+        settings.keep_raw_credentials();
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Takes the SMTP credentials from the environment exactly as written.
+    /// The environment provider reads `007` as the number 7, which would
+    /// change a password.
+    fn keep_raw_credentials(&mut self) {
+        for (key, is_password) in [("SMTP__USERNAME", false), ("SMTP__PASSWORD", true)] {
+            let Ok(raw) = std::env::var(format!("{ENV_PREFIX}{key}")) else {
+                continue;
+            };
+            let smtp = self.smtp.get_or_insert_with(SmtpSettings::default);
+            if is_password {
+                smtp.password = Some(Secret::new(raw));
+            } else {
+                smtp.username = Some(Secret::new(raw));
+            }
+        }
     }
 
     /// Checks the rules that span several keys or need a parser.

@@ -105,6 +105,7 @@ pub async fn run(
     }
 
     let deadline = tokio::time::Instant::now() + grace;
+    let mut cut_short = false;
     for (job, guard) in &guards {
         if tokio::time::timeout_at(deadline, guard.0.lock())
             .await
@@ -113,8 +114,17 @@ pub async fn run(
             warn!(
                 job = job.as_str(),
                 grace_seconds = grace.as_secs(),
-                "tick still running at the end of the grace period; its digests are sent after their lease expires"
+                "tick still running at the end of the grace period"
             );
+            cut_short = true;
+        }
+    }
+    if cut_short {
+        match worker.release_claims().await {
+            Ok(released) => info!(released, "claimed digests handed back for other processes"),
+            Err(error) => {
+                warn!(error = %error, "failed to hand back claimed digests; they are sent once their lease expires")
+            }
         }
     }
     info!("stopped");

@@ -16,10 +16,11 @@ use crate::config::{Settings, SmtpSettings, TlsMode, TransportKind};
 /// it is stored in the database but not logged.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// Worth retrying: a 4xx reply, a refused or dropped connection, a timeout.
+    /// Worth retrying: a 4xx reply, a 5xx reply that is not about the
+    /// mailbox, a refused or dropped connection, a timeout, a setup error.
     #[error("transient delivery failure: {detail}")]
     Transient { code: Option<u16>, detail: String },
-    /// Not worth retrying: a 5xx reply or a message the server cannot take.
+    /// Not worth retrying: the server rejected the recipient's mailbox.
     #[error("permanent delivery failure: {detail}")]
     Permanent { code: Option<u16>, detail: String },
 }
@@ -127,19 +128,26 @@ fn build_smtp(smtp: &SmtpSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1Ex
     Ok(builder.build())
 }
 
+/// Reply codes that reject the recipient's mailbox itself (RFC 5321:
+/// mailbox unavailable, not local, storage exceeded, name not allowed).
+/// Only these say the provider cannot be reached.
+const MAILBOX_REJECTED: [u16; 4] = [550, 551, 552, 553];
+
 fn classify_smtp_error(error: lettre::transport::smtp::Error) -> SendError {
     let code = error.status().map(|code| {
         let text = code.to_string();
         text.parse::<u16>().unwrap_or(0)
     });
     let detail = error.to_string();
-    // A client error means this message can never go through as built,
-    // for example an internationalized address the server does not take.
-    if error.is_permanent() || error.is_client() {
+    if error.is_permanent() && code.is_some_and(|code| MAILBOX_REJECTED.contains(&code)) {
         SendError::Permanent { code, detail }
     } else {
-        // Transient replies, timeouts, refused or reset connections and TLS
-        // hiccups may all succeed on a later attempt.
+        // Everything else may succeed later or once operations fix the
+        // relay: 4xx replies, other 5xx replies (a relay that refuses
+        // service or authentication), timeouts, refused or reset
+        // connections, TLS and client-side setup errors such as STARTTLS
+        // missing on the server. Attempts are bounded by max_attempts, and
+        // running out of them flags no provider.
         SendError::Transient { code, detail }
     }
 }

@@ -66,13 +66,12 @@ impl Worker {
                 policy: policy.clone(),
                 window: SendWindow::from_settings(settings),
             },
-            deliverer: Deliverer {
-                composer: Composer::new(settings).context("failed to load the email templates")?,
+            deliverer: Deliverer::new(
+                Composer::new(settings).context("failed to load the email templates")?,
                 transport,
-                settings: settings.reminders.clone(),
-                window: SendWindow::from_settings(settings),
-                shutdown: Shutdown::never(),
-            },
+                settings.reminders.clone(),
+                SendWindow::from_settings(settings),
+            ),
             flagger: Flagger {
                 policy,
                 period_ending_within: settings.flags.period_ending_within.to_chrono(),
@@ -84,6 +83,12 @@ impl Worker {
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
         self.deliverer.shutdown = shutdown;
         self
+    }
+
+    /// Hands back the digests claimed by delivery still in progress; see
+    /// [`Deliverer::release_all_claims`].
+    pub async fn release_claims(&self) -> sqlx::Result<u64> {
+        self.deliverer.release_all_claims(&self.pool).await
     }
 
     /// Plans the digests due at `now`, then delivers every due digest.

@@ -7,7 +7,8 @@
 //! was mid-conversation at a crash can go out twice, and it then carries
 //! the same `Message-ID`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -107,7 +108,16 @@ pub struct Deliverer {
     /// Checked before each message: once requested, the pass hands the
     /// rest of its batch back and returns.
     pub shutdown: Shutdown,
+    /// Claim tokens of the batches the senders hold right now.
+    pub held_tokens: Mutex<HashSet<i64>>,
 }
+
+/// Most digests one sender claims at a time.
+const MAX_CLAIM: u32 = 5;
+
+/// Transient failures in a row after which a sender stops for this pass,
+/// so a relay outage costs each digest one attempt per tick, not all.
+const CIRCUIT_BREAKER_FAILURES: u32 = 3;
 
 /// The instant a pass started, in the job's clock, and when, in real time,
 /// so leases follow the time that really passes during a long pass.
@@ -125,6 +135,22 @@ impl PassClock {
 }
 
 impl Deliverer {
+    pub fn new(
+        composer: Composer,
+        transport: Transport,
+        settings: ReminderSettings,
+        window: SendWindow,
+    ) -> Self {
+        Self {
+            composer,
+            transport,
+            settings,
+            window,
+            shutdown: Shutdown::never(),
+            held_tokens: Mutex::new(HashSet::new()),
+        }
+    }
+
     /// Sends every digest that is due at `now`. `delivery_concurrency`
     /// senders run side by side, each claiming its own batches, so each
     /// digest still gets its own conversation and its own status update.
@@ -138,7 +164,9 @@ impl Deliverer {
             started: Instant::now(),
         };
         let senders = self.settings.delivery_concurrency.max(1);
-        let claim_size = (self.settings.delivery_batch_size / senders).max(1);
+        // Small claims let every sender get work and bound what a stalled
+        // sender holds.
+        let claim_size = (self.settings.delivery_batch_size / senders).clamp(1, MAX_CLAIM);
         let results = futures_util::future::join_all(
             (0..senders).map(|_| self.run_sender(pool, clock, claim_size)),
         )
@@ -151,7 +179,8 @@ impl Deliverer {
         Ok(counts)
     }
 
-    /// One sender: claims batches until none is due or shutdown is requested.
+    /// One sender: claims batches until none is due, shutdown is requested,
+    /// or the SMTP server keeps failing.
     async fn run_sender(
         &self,
         pool: &PgPool,
@@ -159,25 +188,37 @@ impl Deliverer {
         claim_size: u32,
     ) -> anyhow::Result<DeliveryCounts> {
         let mut counts = DeliveryCounts::default();
+        let mut failures_in_a_row = 0;
         loop {
             if self.shutdown.is_requested() {
                 return Ok(counts);
             }
             let token = new_lease_token();
-            let batch = self
-                .claim_batch(pool, clock.now(), claim_size, token)
-                .await?;
+            let batch = self.claim_batch(pool, clock, claim_size, token).await?;
             if batch.is_empty() {
                 break;
             }
+            self.held_tokens
+                .lock()
+                .expect("token lock is never poisoned")
+                .insert(token);
+
             for (index, digest) in batch.iter().enumerate() {
-                if self.shutdown.is_requested() {
+                let stop = if self.shutdown.is_requested() {
+                    Some("delivery stopped for shutdown; unsent digests released")
+                } else if failures_in_a_row >= CIRCUIT_BREAKER_FAILURES {
+                    Some("SMTP server keeps failing; unsent digests released until the next tick")
+                } else {
+                    None
+                };
+                if let Some(reason) = stop {
                     let unsent: Vec<i64> = batch[index..].iter().map(|digest| digest.id).collect();
                     release_leases(pool, &unsent, token).await?;
-                    info!(
-                        released = unsent.len(),
-                        "delivery stopped for shutdown; unsent digests released"
-                    );
+                    self.held_tokens
+                        .lock()
+                        .expect("token lock is never poisoned")
+                        .remove(&token);
+                    warn!(released = unsent.len(), failures_in_a_row, "{reason}");
                     return Ok(counts);
                 }
 
@@ -193,26 +234,60 @@ impl Deliverer {
                     );
                     continue;
                 }
+                let retrying_before = counts.digests_retrying;
                 self.deliver(pool, clock.now(), digest, &mut counts).await?;
+                if counts.digests_retrying > retrying_before {
+                    failures_in_a_row += 1;
+                } else {
+                    failures_in_a_row = 0;
+                }
             }
+            self.held_tokens
+                .lock()
+                .expect("token lock is never poisoned")
+                .remove(&token);
         }
         Ok(counts)
     }
 
-    /// Leases up to `claim_size` due digests with `token`. `SKIP LOCKED`
-    /// and the lease keep two senders from taking the same digest.
+    /// Hands back every digest this deliverer still holds a claim on. The
+    /// daemon calls it when the shutdown grace period ends with a sender
+    /// stuck in a conversation, so other processes need not wait for the
+    /// lease. The digest in that conversation may then be sent twice.
+    pub async fn release_all_claims(&self, pool: &PgPool) -> sqlx::Result<u64> {
+        let tokens: Vec<i64> = self
+            .held_tokens
+            .lock()
+            .expect("token lock is never poisoned")
+            .drain()
+            .collect();
+        let released = sqlx::query(
+            "UPDATE reminders SET lease_until = NULL, lease_token = NULL, attempts = attempts - 1
+             WHERE lease_token = ANY($1) AND status = 'pending'",
+        )
+        .bind(&tokens)
+        .execute(pool)
+        .await?;
+        Ok(released.rows_affected())
+    }
+
+    /// Leases up to `claim_size` digests with `token`. Only digests due when
+    /// the pass started qualify, so a retry scheduled during the pass waits
+    /// for the next tick instead of stretching this one. `SKIP LOCKED` and
+    /// the lease keep two senders from taking the same digest.
     async fn claim_batch(
         &self,
         pool: &PgPool,
-        now: DateTime<Utc>,
+        clock: PassClock,
         claim_size: u32,
         token: i64,
     ) -> sqlx::Result<Vec<ClaimedDigest>> {
+        let now = clock.now();
         sqlx::query_as(
             "UPDATE reminders SET lease_until = $2, lease_token = $4, attempts = attempts + 1
              WHERE id IN (
                  SELECT id FROM reminders
-                 WHERE status = 'pending' AND next_attempt_at <= $1
+                 WHERE status = 'pending' AND next_attempt_at <= $5
                    AND (lease_until IS NULL OR lease_until <= $1)
                  ORDER BY next_attempt_at, id
                  LIMIT $3
@@ -223,6 +298,7 @@ impl Deliverer {
         .bind(now + self.settings.lease.to_chrono())
         .bind(i64::from(claim_size))
         .bind(token)
+        .bind(clock.started_at)
         .fetch_all(pool)
         .await
     }

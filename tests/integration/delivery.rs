@@ -577,3 +577,125 @@ async fn infinite_timestamps_skip_only_their_row(pool: PgPool) {
         "report lists the good session's flags"
     );
 }
+
+/// Inserts `count` providers with one overdue session each.
+async fn overdue_providers(
+    pool: &PgPool,
+    count: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<i64> {
+    let jane = member(pool, "Jane Doe", 20, now).await;
+    let mut ids = Vec::new();
+    for index in 0..count {
+        let address = format!("provider{index}@example.org");
+        let id = provider(pool, "Ada Lovelace", Some(&address), LOS_ANGELES).await;
+        session(pool, id, jane, now - Duration::days(6)).await;
+        ids.push(id);
+    }
+    ids
+}
+
+async fn attempts_by_digest(pool: &PgPool) -> Vec<i32> {
+    sqlx::query_scalar("SELECT attempts FROM reminders ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
+async fn retries_wait_for_next_tick(pool: PgPool) {
+    let port = smtp::start_closing_listener();
+    let now = friday_morning_los_angeles();
+    overdue_providers(&pool, 2, now).await;
+    let mut settings = settings_for_port(port);
+    settings.reminders.retry_base_delay = "1s".parse().unwrap();
+    settings.reminders.retry_max_delay = "1s".parse().unwrap();
+    let worker = helpers::worker(&pool, &settings);
+
+    worker.run_reminders(now).await.unwrap();
+
+    // The first retry comes due within a second, during the pass, but a
+    // pass only takes digests that were due when it started.
+    assert_eq!(
+        attempts_by_digest(&pool).await,
+        vec![1, 1],
+        "one attempt per digest per tick"
+    );
+}
+
+#[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
+async fn failing_relay_pauses_sender(pool: PgPool) {
+    let port = smtp::start_closing_listener();
+    let now = friday_morning_los_angeles();
+    overdue_providers(&pool, 5, now).await;
+    let mut settings = settings_for_port(port);
+    settings.reminders.delivery_concurrency = 1;
+    settings.reminders.delivery_batch_size = 5;
+    let worker = helpers::worker(&pool, &settings);
+
+    let run = worker.run_reminders(now).await.unwrap();
+
+    assert_eq!(
+        run.delivery.digests_retrying, 3,
+        "three failures in a row stop the sender"
+    );
+    // RETURNING gives no order, so compare the attempts sorted.
+    let mut attempts = attempts_by_digest(&pool).await;
+    attempts.sort_unstable();
+    assert_eq!(
+        attempts,
+        vec![0, 0, 1, 1, 1],
+        "untried digests keep their attempts"
+    );
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM reminders WHERE lease_until IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(leased, 0, "untried digests handed back");
+}
+
+#[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
+async fn relay_errors_flag_no_provider(pool: PgPool) {
+    let server = SmtpServer::start();
+    server.script_replies(&[554]);
+    let now = friday_morning_los_angeles();
+    overdue_providers(&pool, 2, now).await;
+    let mut misconfigured = settings_for(&server);
+    // The test server offers no STARTTLS, as a relay set up wrongly would not.
+    if let Some(smtp) = misconfigured.smtp.as_mut() {
+        smtp.tls = session_steward::config::TlsMode::Starttls;
+    }
+
+    let rejected = helpers::worker(&pool, &settings_for(&server))
+        .run_reminders(now)
+        .await
+        .unwrap();
+    let no_tls = helpers::worker(&pool, &misconfigured)
+        .run_reminders(now + Duration::hours(1))
+        .await
+        .unwrap();
+    helpers::worker(&pool, &settings_for(&server))
+        .run_flags(now + Duration::hours(1))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        rejected.delivery.digests_retrying, 1,
+        "554 for the transaction is retried"
+    );
+    assert_eq!(
+        rejected.delivery.digests_sent, 1,
+        "the other digest goes through"
+    );
+    assert_eq!(
+        no_tls.delivery.digests_retrying, 1,
+        "missing STARTTLS is retried"
+    );
+    let unreachable: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM flags WHERE kind = 'provider_unreachable'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(unreachable, 0, "no provider flagged for a relay problem");
+}

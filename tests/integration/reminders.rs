@@ -342,17 +342,16 @@ async fn status_rechecked_before_sending(pool: PgPool) {
     set_status(&pool, reported, "completed").await;
     set_status(&pool, only, "no_show").await;
 
-    let deliverer = Deliverer {
-        composer: session_steward::compose::Composer::new(&settings).unwrap(),
-        transport: session_steward::email::Transport::from_settings(
+    let deliverer = Deliverer::new(
+        session_steward::compose::Composer::new(&settings).unwrap(),
+        session_steward::email::Transport::from_settings(
             &settings,
             session_steward::config::TransportKind::Smtp,
         )
         .unwrap(),
-        settings: settings.reminders.clone(),
-        window: SendWindow::from_settings(&settings),
-        shutdown: session_steward::shutdown::Shutdown::never(),
-    };
+        settings.reminders.clone(),
+        SendWindow::from_settings(&settings),
+    );
     let delivery = deliverer.run_once(&pool, now).await.unwrap();
 
     assert_eq!(
