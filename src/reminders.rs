@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -52,6 +52,8 @@ struct OverdueRow {
 struct PlannedDigest {
     provider_id: i64,
     local_date: NaiveDate,
+    /// The provider's local midnight that began `local_date`, in UTC.
+    local_day_start: DateTime<Utc>,
     items: Vec<PlannedItem>,
 }
 
@@ -201,9 +203,20 @@ impl Planner {
             return None;
         }
 
+        let local_date = local_now.date_naive();
+        // Midnight can fall in a DST gap; the day then starts later, and
+        // 24 hours back is a safe, slightly early bound.
+        let local_day_start = recipient
+            .time_zone
+            .from_local_datetime(&local_date.and_time(NaiveTime::MIN))
+            .earliest()
+            .map_or(now - chrono::Duration::hours(24), |start| {
+                start.with_timezone(&Utc)
+            });
         Some(PlannedDigest {
             provider_id: recipient.provider_id,
-            local_date: local_now.date_naive(),
+            local_date,
+            local_day_start,
             items,
         })
     }
@@ -236,12 +249,23 @@ async fn record_digests(
         .collect();
     let provider_ids: Vec<i64> = digests.iter().map(|digest| digest.provider_id).collect();
     let local_dates: Vec<NaiveDate> = digests.iter().map(|digest| digest.local_date).collect();
+    let day_starts: Vec<DateTime<Utc>> = digests
+        .iter()
+        .map(|digest| digest.local_day_start)
+        .collect();
 
     let mut transaction = pool.begin().await?;
     let recorded: Vec<(i64, i64)> = sqlx::query_as(
         "INSERT INTO reminders (reminder_key, provider_id, local_date, created_at, next_attempt_at)
          SELECT digest.key, digest.provider_id, digest.local_date, $4, $4
-         FROM unnest($1::text[], $2::bigint[], $3::date[]) AS digest(key, provider_id, local_date)
+         FROM unnest($1::text[], $2::bigint[], $3::date[], $5::timestamptz[])
+              AS digest(key, provider_id, local_date, day_start)
+         -- An earlier day's digest sent late (a retry) already reached the
+         -- provider today, so today's waits for tomorrow.
+         WHERE NOT EXISTS (
+             SELECT 1 FROM reminders sent
+             WHERE sent.provider_id = digest.provider_id AND sent.status = 'sent'
+               AND sent.finished_at >= digest.day_start)
          ON CONFLICT DO NOTHING
          RETURNING provider_id, id",
     )
@@ -249,6 +273,7 @@ async fn record_digests(
     .bind(&provider_ids)
     .bind(&local_dates)
     .bind(now)
+    .bind(&day_starts)
     .fetch_all(&mut *transaction)
     .await?;
     let reminder_ids: HashMap<i64, i64> = recorded.into_iter().collect();

@@ -699,3 +699,55 @@ async fn relay_errors_flag_no_provider(pool: PgPool) {
             .unwrap();
     assert_eq!(unreachable, 0, "no provider flagged for a relay problem");
 }
+
+#[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
+async fn late_digest_counts_for_its_send_day(pool: PgPool) {
+    use chrono::TimeZone;
+    let server = SmtpServer::start();
+    server.script_replies(&[451]);
+    let utc = |day, hour| {
+        chrono::Utc
+            .with_ymd_and_hms(2026, 12, day, hour, 0, 0)
+            .unwrap()
+    };
+    // Friday 4 December, 16:59 in Los Angeles.
+    let late_friday = utc(5, 0) + Duration::minutes(59);
+    let provider_id = provider(&pool, "Ada Lovelace", Some("ada@example.org"), LOS_ANGELES).await;
+    let jane = member(&pool, "Jane Doe", 20, late_friday).await;
+    // Ended Sunday 29 November, 12:00 in Los Angeles: stage 1 on Friday,
+    // stage 2 from Monday 12:00 local.
+    session(
+        &pool,
+        provider_id,
+        jane,
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 29, 20, 0, 0)
+            .unwrap(),
+    )
+    .await;
+    let worker = helpers::worker(&pool, &settings_for(&server));
+
+    worker.run_reminders(late_friday).await.unwrap();
+    worker.run_reminders(utc(5, 10)).await.unwrap();
+    let monday_morning = worker.run_reminders(utc(7, 17)).await.unwrap();
+    let monday_afternoon = worker.run_reminders(utc(7, 22)).await.unwrap();
+    let tuesday_morning = worker.run_reminders(utc(8, 17)).await.unwrap();
+
+    assert_eq!(
+        monday_morning.delivery.digests_sent, 1,
+        "Friday's digest goes out on Monday morning"
+    );
+    assert_eq!(
+        monday_afternoon.plan.already_sent_today, 1,
+        "stage 2 on Monday waits: one email a day"
+    );
+    assert_eq!(
+        monday_afternoon.delivery.digests_sent, 0,
+        "nothing more on Monday"
+    );
+    assert_eq!(
+        tuesday_morning.delivery.digests_sent, 1,
+        "stage 2 goes out on Tuesday"
+    );
+    assert_eq!(server.messages().len(), 2, "two emails on two days");
+}
