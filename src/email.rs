@@ -26,7 +26,7 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// The SMTP reply code, if the server sent one. Safe to log.
+    /// Returns the SMTP reply code, if the server sent one. Safe to log.
     pub fn code(&self) -> Option<u16> {
         match self {
             SendError::Transient { code, .. } | SendError::Permanent { code, .. } => *code,
@@ -64,7 +64,7 @@ impl Transport {
         }
     }
 
-    /// A short label for logs and the demo summary.
+    /// Returns a short label for logs and the demo summary.
     pub fn describe(&self) -> String {
         match self {
             Transport::Smtp(_) => "SMTP".to_owned(),
@@ -130,7 +130,7 @@ fn build_smtp(smtp: &SmtpSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1Ex
 
 /// Reply codes that reject the recipient's mailbox itself (RFC 5321:
 /// mailbox unavailable, not local, storage exceeded, name not allowed).
-/// Only these say the provider cannot be reached.
+/// Only these show that the provider cannot be reached.
 const MAILBOX_REJECTED: [u16; 4] = [550, 551, 552, 553];
 
 fn classify_smtp_error(error: lettre::transport::smtp::Error) -> SendError {

@@ -179,8 +179,8 @@ impl Deliverer {
         Ok(counts)
     }
 
-    /// One sender: claims batches until none is due, shutdown is requested,
-    /// or the SMTP server keeps failing.
+    /// Runs one sender, which claims batches until none is due, shutdown is
+    /// requested, or the SMTP server keeps failing.
     async fn run_sender(
         &self,
         pool: &PgPool,
@@ -427,7 +427,7 @@ impl Deliverer {
         };
 
         // A retry or a digest left over from a stopped process can come due
-        // at night; it waits for the provider's next window like a new one.
+        // at night. It waits for the provider's next window like a new one.
         if !self
             .window
             .is_open(&now.with_timezone(&recipient.time_zone))
@@ -536,7 +536,7 @@ pub fn retry_delay(
     chrono::Duration::milliseconds((full * factor * 1000.0) as i64)
 }
 
-/// A token that tells one claim from every other, across processes.
+/// Creates a token that distinguishes one claim from every other, across processes.
 fn new_lease_token() -> i64 {
     let (high, _) = uuid::Uuid::new_v4().as_u64_pair();
     high as i64
