@@ -222,7 +222,9 @@ pub async fn load_mix(
         .execute(&mut *connection)
         .await?;
     }
-    sqlx::query("ANALYZE").execute(&mut *connection).await?;
+    sqlx::query("VACUUM (ANALYZE)")
+        .execute(&mut *connection)
+        .await?;
 
     Ok(LoadSummary {
         providers: u64::from(size.providers),
