@@ -23,13 +23,13 @@ use crate::shutdown::Shutdown;
 #[derive(Clone)]
 struct TickGuard(Arc<Mutex<()>>);
 
-/// Runs the jobs until `shutdown` completes. Each job runs once at start,
+/// Runs the jobs until `signal` completes. Each job runs once at start,
 /// which catches up after downtime, then on its schedule.
 ///
 /// On shutdown no new tick starts, delivery stops between messages, and
 /// running ticks get `grace` to finish. A tick cut short after that loses
-/// nothing: its digests stay in the outbox and are sent once their lease
-/// expires.
+/// nothing: its claimed digests are handed back to the outbox for any
+/// process to send.
 pub async fn run(
     worker: Worker,
     schedule: &ScheduleSettings,
