@@ -203,7 +203,7 @@ pub struct SmtpSettings {
     pub tls: TlsMode,
     pub username: Option<Secret>,
     pub password: Option<Secret>,
-    /// Timeout for connecting and for each SMTP command.
+    /// Timeout for opening the TCP connection.
     pub timeout: Span,
     /// Upper bound for one whole message: connection, greeting, every
     /// command and the data. It also catches a server that stalls.
