@@ -645,7 +645,7 @@ async fn run_builtin_source(
     Ok(started.elapsed())
 }
 
-/// A message of about `size` bytes: a few headers, then lines of 76
+/// Builds a message of about `size` bytes: a few headers, then lines of 76
 /// characters, ending with the DATA terminator.
 fn message_body(size: usize) -> Vec<u8> {
     let mut body = b"From: bench@localhost\r\nTo: sink@localhost\r\nSubject: load\r\n\r\n".to_vec();

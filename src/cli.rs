@@ -360,7 +360,7 @@ async fn flags_command(pool: &PgPool, args: FlagsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The name recorded on an acknowledgement or resolution.
+/// Returns the name to record on an acknowledgement or resolution.
 fn who(by: Option<String>) -> anyhow::Result<String> {
     let Some(name) = by.or_else(|| std::env::var("USER").ok()) else {
         anyhow::bail!("missing --by: pass --by NAME, because $USER is not set");

@@ -574,11 +574,6 @@ impl MailboxSetting {
             .map(MailboxSetting)
             .map_err(|error| format!("invalid email address \"{text}\" ({error}); write it as name@example.org or Name <name@example.org>"))
     }
-
-    /// The domain part, used to build `Message-ID` values.
-    pub fn domain(&self) -> &str {
-        self.0.email.domain()
-    }
 }
 
 impl<'de> Deserialize<'de> for MailboxSetting {

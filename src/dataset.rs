@@ -95,19 +95,9 @@ fn provider_defect(id: u32) -> Option<&'static str> {
     }
 }
 
-/// Refuses to load into a database whose platform tables already have rows,
-/// unless `reset` is set, in which case every table is emptied first.
-pub async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
-    if reset {
-        sqlx::query(
-            "TRUNCATE sessions, allotments, members, providers, reminder_items, reminders, flags, job_runs
-             RESTART IDENTITY CASCADE",
-        )
-        .execute(pool)
-        .await
-        .context("failed to empty the demo tables")?;
-        return Ok(());
-    }
+/// Rejects a database whose platform tables already have rows, so the
+/// demo never mixes its rows with others.
+pub async fn ensure_empty(pool: &PgPool) -> anyhow::Result<()> {
     let has_rows: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM providers) OR EXISTS (SELECT 1 FROM sessions)",
     )
@@ -115,7 +105,7 @@ pub async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
     .await?;
     if has_rows {
         anyhow::bail!(
-            "the demo database already has data; pass --reset to empty it first, or point --database-url at an empty database"
+            "the demo database already has data; pass --reset to recreate it, or point --database-url at an empty database"
         );
     }
     Ok(())
@@ -134,8 +124,8 @@ pub enum SessionMix {
 }
 
 impl SessionMix {
-    /// The probability that a session is generated overdue, or `None` for
-    /// the demo's mix.
+    /// Returns the probability that a session is generated overdue, or
+    /// `None` for the demo's mix.
     fn overdue_share(self, size: DemoSize) -> Option<f64> {
         match self {
             SessionMix::Demo => None,

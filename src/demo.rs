@@ -43,7 +43,7 @@ pub async fn run(settings: &Settings, options: DemoOptions) -> anyhow::Result<()
     )
     .await?;
     crate::db::migrate(&pool).await?;
-    dataset::prepare(&pool, false).await?;
+    dataset::ensure_empty(&pool).await?;
     let loaded = dataset::load(&pool, options.seed, options.size, options.now).await?;
 
     let transport_kind = settings.demo_transport();

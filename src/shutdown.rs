@@ -18,7 +18,7 @@ impl Shutdown {
         (ShutdownTrigger(sender), Shutdown(receiver))
     }
 
-    /// A receiver that is never triggered, for one-off runs and tests.
+    /// Returns a receiver that is never triggered, for one-off runs and tests.
     pub fn never() -> Shutdown {
         Shutdown::channel().1
     }
