@@ -7,7 +7,7 @@
 //! was mid-conversation at a crash can go out twice, and it then carries
 //! the same `Message-ID`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -70,12 +70,40 @@ struct ClaimedDigest {
 /// `infinity`, or years past 9999) arrive as NULL.
 #[derive(Debug, sqlx::FromRow)]
 struct ItemRow {
+    reminder_id: i64,
     session_id: i64,
     stage: i16,
     still_scheduled: bool,
     starts_at: Option<DateTime<Utc>>,
     ends_at: Option<DateTime<Utc>>,
     member_name: Option<String>,
+}
+
+/// What a claimed batch's messages need from the database, read in two
+/// queries for the whole batch rather than two per message.
+struct BatchContext {
+    items: HashMap<i64, Vec<ItemRow>>,
+    recipients: HashMap<i64, Result<Recipient, String>>,
+}
+
+impl BatchContext {
+    /// The provider as checked when the batch was claimed, or why it
+    /// cannot be reached.
+    fn recipient(&self, provider_id: i64) -> Result<&Recipient, String> {
+        match self.recipients.get(&provider_id) {
+            Some(Ok(recipient)) => Ok(recipient),
+            Some(Err(reason)) => Err(reason.clone()),
+            None => Err("provider not found".to_owned()),
+        }
+    }
+}
+
+/// The digests of a batch still waiting for their turn, whose leases the
+/// statement that records a message's outcome extends.
+struct LeaseRenewal<'a> {
+    waiting: &'a [i64],
+    token: i64,
+    until: DateTime<Utc>,
 }
 
 /// The outcome recorded for one digest.
@@ -203,6 +231,11 @@ impl Deliverer {
                 .expect("token lock is never poisoned")
                 .insert(token);
 
+            let context = load_batch(pool, &batch).await?;
+            // The claim gave every digest of the batch a fresh lease; each
+            // outcome recorded below extends the leases of those still
+            // waiting, and drops the ones another sender has taken since.
+            let mut held: HashSet<i64> = batch.iter().map(|digest| digest.id).collect();
             for (index, digest) in batch.iter().enumerate() {
                 let stop = if self.shutdown.is_requested() {
                     Some("delivery stopped for shutdown; unsent digests released")
@@ -224,18 +257,27 @@ impl Deliverer {
 
                 // A digest that waited in this batch past its lease may have
                 // been claimed by another sender; only the lease holder sends.
-                if !self
-                    .renew_lease(pool, digest.id, token, clock.now())
-                    .await?
-                {
+                if !held.contains(&digest.id) {
                     debug!(
                         reminder_id = digest.id,
                         "lease lost to another sender; digest skipped"
                     );
                     continue;
                 }
+                let waiting: Vec<i64> = batch[index + 1..]
+                    .iter()
+                    .map(|digest| digest.id)
+                    .filter(|id| held.contains(id))
+                    .collect();
+                let renewal = LeaseRenewal {
+                    waiting: &waiting,
+                    token,
+                    until: clock.now() + self.settings.lease.to_chrono(),
+                };
                 let retrying_before = counts.digests_retrying;
-                self.deliver(pool, clock.now(), digest, &mut counts).await?;
+                held = self
+                    .deliver(pool, clock.now(), digest, &context, renewal, &mut counts)
+                    .await?;
                 if counts.digests_retrying > retrying_before {
                     failures_in_a_row += 1;
                 } else {
@@ -303,34 +345,19 @@ impl Deliverer {
         .await
     }
 
-    /// Extends the lease of digest `id` if `token` still holds it.
-    async fn renew_lease(
-        &self,
-        pool: &PgPool,
-        id: i64,
-        token: i64,
-        now: DateTime<Utc>,
-    ) -> sqlx::Result<bool> {
-        let renewed = sqlx::query(
-            "UPDATE reminders SET lease_until = $3
-             WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
-        )
-        .bind(id)
-        .bind(token)
-        .bind(now + self.settings.lease.to_chrono())
-        .execute(pool)
-        .await?;
-        Ok(renewed.rows_affected() == 1)
-    }
-
+    /// Sends one digest and records its outcome. Returns the waiting
+    /// digests whose leases this sender still holds.
     async fn deliver(
         &self,
         pool: &PgPool,
         now: DateTime<Utc>,
         digest: &ClaimedDigest,
+        context: &BatchContext,
+        renewal: LeaseRenewal<'_>,
         counts: &mut DeliveryCounts,
-    ) -> anyhow::Result<()> {
-        let items = load_items(pool, digest.id).await?;
+    ) -> anyhow::Result<HashSet<i64>> {
+        let no_items = Vec::new();
+        let items = context.items.get(&digest.id).unwrap_or(&no_items);
         let dropped: Vec<i64> = items
             .iter()
             .filter(|item| {
@@ -368,7 +395,7 @@ impl Deliverer {
         let outcome = if kept.is_empty() {
             Outcome::Empty
         } else {
-            self.send(pool, now, digest, &kept).await?
+            self.send(now, digest, context, &kept).await?
         };
 
         match &outcome {
@@ -386,7 +413,7 @@ impl Deliverer {
             Outcome::Defer { .. } => counts.digests_deferred += 1,
             Outcome::Failed { .. } => counts.digests_failed += 1,
         }
-        record_outcome(pool, now, digest.id, &outcome).await?;
+        let held = record_outcome(pool, now, digest.id, &outcome, &renewal).await?;
 
         if let Outcome::Failed {
             permanent: true, ..
@@ -403,19 +430,19 @@ impl Deliverer {
             )
             .await?;
         }
-        Ok(())
+        Ok(held)
     }
 
     /// Checks the provider and its send window again, composes the message
     /// and sends it.
     async fn send(
         &self,
-        pool: &PgPool,
         now: DateTime<Utc>,
         digest: &ClaimedDigest,
+        context: &BatchContext,
         sessions: &[DigestSession],
     ) -> anyhow::Result<Outcome> {
-        let recipient = match load_recipient(pool, digest).await? {
+        let recipient = match context.recipient(digest.provider_id) {
             Ok(recipient) => recipient,
             Err(reason) => {
                 warn!(reminder_id = digest.id, provider_id = digest.provider_id, %reason, "digest not sent");
@@ -439,7 +466,7 @@ impl Deliverer {
 
         let message = match self
             .composer
-            .digest(&digest.reminder_key, &recipient, sessions, now)
+            .digest(&digest.reminder_key, recipient, sessions, now)
         {
             Ok(message) => message,
             Err(error) => {
@@ -500,21 +527,29 @@ impl Deliverer {
     }
 }
 
-/// Reads the provider row again and checks it, returning the reason it
-/// cannot be reached as text when it fails.
-async fn load_recipient(
-    pool: &PgPool,
-    digest: &ClaimedDigest,
-) -> sqlx::Result<Result<Recipient, String>> {
-    let provider: Option<ProviderRow> =
-        sqlx::query_as("SELECT id, name, email, time_zone, active FROM providers WHERE id = $1")
-            .bind(digest.provider_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(match provider {
-        Some(row) => recipient::check(&row).map_err(|reason| reason.to_string()),
-        None => Err("provider not found".to_owned()),
-    })
+/// Reads the sessions and providers of a claimed batch. Providers are
+/// read again, not taken from the scan, so a change since then counts.
+async fn load_batch(pool: &PgPool, batch: &[ClaimedDigest]) -> sqlx::Result<BatchContext> {
+    let reminder_ids: Vec<i64> = batch.iter().map(|digest| digest.id).collect();
+    let provider_ids: Vec<i64> = batch.iter().map(|digest| digest.provider_id).collect();
+    let mut items: HashMap<i64, Vec<ItemRow>> = HashMap::new();
+    for item in load_items(pool, &reminder_ids).await? {
+        items.entry(item.reminder_id).or_default().push(item);
+    }
+    let providers: Vec<ProviderRow> = sqlx::query_as(
+        "SELECT id, name, email, time_zone, active FROM providers WHERE id = ANY($1)",
+    )
+    .bind(&provider_ids)
+    .fetch_all(pool)
+    .await?;
+    let recipients = providers
+        .iter()
+        .map(|row| {
+            let checked = recipient::check(row).map_err(|reason| reason.to_string());
+            (row.id, checked)
+        })
+        .collect();
+    Ok(BatchContext { items, recipients })
 }
 
 /// Backoff before the attempt after `attempts`: the base delay doubled for
@@ -544,19 +579,19 @@ fn new_lease_token() -> i64 {
 
 // Times outside chrono's range (infinity, years past 9999) come back as
 // NULL, so one odd platform row cannot fail the whole pass.
-async fn load_items(pool: &PgPool, reminder_id: i64) -> sqlx::Result<Vec<ItemRow>> {
+async fn load_items(pool: &PgPool, reminder_ids: &[i64]) -> sqlx::Result<Vec<ItemRow>> {
     sqlx::query_as(
-        "SELECT ri.session_id, ri.stage, s.status = 'scheduled' AS still_scheduled,
+        "SELECT ri.reminder_id, ri.session_id, ri.stage, s.status = 'scheduled' AS still_scheduled,
                 CASE WHEN s.starts_at BETWEEN '0001-01-01' AND '9999-12-31' THEN s.starts_at END AS starts_at,
                 CASE WHEN s.ends_at BETWEEN '0001-01-01' AND '9999-12-31' THEN s.ends_at END AS ends_at,
                 m.name AS member_name
          FROM reminder_items ri
          JOIN sessions s ON s.id = ri.session_id
          LEFT JOIN members m ON m.id = s.member_id
-         WHERE ri.reminder_id = $1 AND NOT ri.dropped
-         ORDER BY s.ends_at, s.id",
+         WHERE ri.reminder_id = ANY($1) AND NOT ri.dropped
+         ORDER BY ri.reminder_id, s.ends_at, s.id",
     )
-    .bind(reminder_id)
+    .bind(reminder_ids)
     .fetch_all(pool)
     .await
 }
@@ -586,12 +621,16 @@ async fn mark_dropped(pool: &PgPool, reminder_id: i64, session_ids: &[i64]) -> s
     .map(|_| ())
 }
 
+/// Records a digest's outcome and, in the same statement, extends the
+/// leases of the batch's waiting digests that `renewal.token` still holds.
+/// Returns those digests. One round trip and one commit per message.
 async fn record_outcome(
     pool: &PgPool,
     now: DateTime<Utc>,
     reminder_id: i64,
     outcome: &Outcome,
-) -> sqlx::Result<()> {
+    renewal: &LeaseRenewal<'_>,
+) -> sqlx::Result<HashSet<i64>> {
     // (status, next attempt, error, permanent failure, whether the attempt counts)
     let (status, next_attempt_at, error, permanent, attempted) = match outcome {
         Outcome::Sent => ("sent", None, None, false, true),
@@ -613,8 +652,9 @@ async fn record_outcome(
             ("failed", None, Some(error.as_str()), *permanent, true)
         }
     };
-    sqlx::query(
-        "UPDATE reminders SET
+    let renewed: Vec<i64> = sqlx::query_scalar(
+        "WITH recorded AS (
+         UPDATE reminders SET
              status = $2::reminder_status,
              finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $3 END,
              next_attempt_at = COALESCE($4, next_attempt_at),
@@ -623,7 +663,10 @@ async fn record_outcome(
              attempts = CASE WHEN $7 THEN attempts ELSE attempts - 1 END,
              lease_until = NULL,
              lease_token = NULL
-         WHERE id = $1",
+         WHERE id = $1)
+         UPDATE reminders SET lease_until = $10
+         WHERE id = ANY($8) AND lease_token = $9 AND status = 'pending'
+         RETURNING id",
     )
     .bind(reminder_id)
     .bind(status)
@@ -632,7 +675,10 @@ async fn record_outcome(
     .bind(error)
     .bind(permanent)
     .bind(attempted)
-    .execute(pool)
-    .await
-    .map(|_| ())
+    .bind(renewal.waiting)
+    .bind(renewal.token)
+    .bind(renewal.until)
+    .fetch_all(pool)
+    .await?;
+    Ok(renewed.into_iter().collect())
 }
