@@ -209,6 +209,27 @@ async fn run_parts(
         met: Some(ratio(scan.planner, scan.bare_query) <= 1.2),
     });
 
+    let floor = scan.bare_query + scan.bare_insert;
+    report.rows.push(Row {
+        name: format!(
+            "1b. scan with its writes: planner vs bare query + bare insert of the same {} digests and {} items",
+            scan.digests, scan.items
+        ),
+        measured: Figure::new(millis(scan.planner), "ms"),
+        reference: Figure::new(millis(floor), "ms"),
+        ratio: Some(ratio(scan.planner, floor)),
+        target: "none".to_owned(),
+        met: None,
+    });
+    report.notes.push(format!(
+        "Planner at {} sessions: {:.1} ms recording digests and items, {:.1} ms refreshing statistics, {:.1} ms reading and deciding. Bare insert: {:.1} ms.",
+        config.size.sessions,
+        millis(scan.recording),
+        millis(scan.statistics),
+        millis(scan.planner.saturating_sub(scan.recording + scan.statistics)),
+        millis(scan.bare_insert)
+    ));
+
     let delivery = measure_delivery(config, &settings, &pool, scan.digests).await?;
     let delivery_ratio = delivery.steward_rate / delivery.reference_rate;
     report.rows.push(Row {
@@ -275,9 +296,12 @@ async fn run_parts(
         met: Some(growth <= 1.2),
     });
     report.notes.push(format!(
-        "Bare overdue query at {} sessions: {:.1} ms.",
+        "Bare overdue query at {} sessions: {:.1} ms. Planner there: {:.1} ms recording, {:.1} ms refreshing statistics, {:.1} ms reading and deciding.",
         config.large_sessions,
-        millis(large_scan.bare_query)
+        millis(large_scan.bare_query),
+        millis(large_scan.recording),
+        millis(large_scan.statistics),
+        millis(large_scan.planner.saturating_sub(large_scan.recording + large_scan.statistics))
     ));
 
     let idle = measure_idle_tick(config, &settings, &large_pool).await?;
@@ -400,6 +424,12 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 struct ScanResult {
     planner: Duration,
     bare_query: Duration,
+    /// The planner's recording and statistics refresh, medians.
+    recording: Duration,
+    statistics: Duration,
+    /// One plain insert of the same digests and items into the empty outbox.
+    bare_insert: Duration,
+    items: u64,
     overdue_sessions: u64,
     digests: u64,
 }
@@ -429,6 +459,8 @@ async fn measure_scan(
 
     let mut planner_times = Vec::new();
     let mut bare_times = Vec::new();
+    let mut recording_times = Vec::new();
+    let mut statistics_times = Vec::new();
     let mut overdue_sessions = 0;
     let mut digests = 0;
     // The first round warms the caches and is not counted.
@@ -464,8 +496,11 @@ async fn measure_scan(
         if round > 0 {
             planner_times.push(planned);
             bare_times.push(bare);
+            recording_times.push(counts.timings.recording);
+            statistics_times.push(counts.timings.statistics);
         }
     }
+    let (bare_insert, items) = measure_bare_insert(pool).await?;
     progress(&format!(
         "scan: {overdue_sessions} overdue sessions, {digests} digests, planner {:?}, bare query {:?}",
         median(planner_times.clone()),
@@ -474,9 +509,44 @@ async fn measure_scan(
     Ok(ScanResult {
         planner: median(planner_times),
         bare_query: median(bare_times),
+        recording: median(recording_times),
+        statistics: median(statistics_times),
+        bare_insert,
+        items,
         overdue_sessions,
         digests,
     })
+}
+
+/// Times the least the database must do to store what the last planning
+/// pass recorded: the same digest and item rows, copied aside, inserted
+/// again into the emptied outbox in one transaction with two plain
+/// `INSERT ... SELECT` statements. The rows stay, pending, for delivery.
+async fn measure_bare_insert(pool: &PgPool) -> anyhow::Result<(Duration, u64)> {
+    let mut connection = pool.acquire().await?;
+    for statement in [
+        "DROP TABLE IF EXISTS bench_reminders, bench_items",
+        "CREATE TEMP TABLE bench_reminders AS SELECT * FROM reminders",
+        "CREATE TEMP TABLE bench_items AS SELECT * FROM reminder_items",
+        "TRUNCATE reminder_items, reminders",
+    ] {
+        sqlx::query(statement).execute(&mut *connection).await?;
+    }
+    let started = Instant::now();
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+    sqlx::query("INSERT INTO reminders OVERRIDING SYSTEM VALUE SELECT * FROM bench_reminders")
+        .execute(&mut *transaction)
+        .await?;
+    let items = sqlx::query("INSERT INTO reminder_items SELECT * FROM bench_items")
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+    transaction.commit().await?;
+    let elapsed = started.elapsed();
+    sqlx::query("DROP TABLE bench_reminders, bench_items")
+        .execute(&mut *connection)
+        .await?;
+    Ok((elapsed, items))
 }
 
 struct DeliveryResult {

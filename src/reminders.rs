@@ -3,6 +3,7 @@
 //! local day in the outbox. Delivery is the outbox's step.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
 use futures_util::TryStreamExt;
@@ -34,6 +35,19 @@ pub struct PlanCounts {
     pub providers_unreachable: u64,
     /// Sessions in the planned digests, by reminder stage.
     pub sessions_by_stage: BTreeMap<i16, u64>,
+    /// Where the pass spent its time; not recorded with the job run.
+    #[serde(skip)]
+    pub timings: PassTimings,
+}
+
+/// Time spent in the parts of a planning pass other than reading and
+/// deciding, which is the rest of the pass.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassTimings {
+    /// Inserting digests and items, superseding older ones, committing.
+    pub recording: Duration,
+    /// Refreshing the outbox statistics after a large pass.
+    pub statistics: Duration,
 }
 
 /// One overdue session as the scan returns it, with its provider's columns
@@ -144,9 +158,11 @@ impl Planner {
         // outbox. NOTE: that fresh statistics restore the primary-key plan
         // is expected, not yet measured.
         if counts.digests_planned >= ANALYZE_AFTER_DIGESTS {
+            let started = Instant::now();
             sqlx::query("ANALYZE reminders, reminder_items")
                 .execute(pool)
                 .await?;
+            counts.timings.statistics = started.elapsed();
         }
         Ok(counts)
     }
@@ -245,6 +261,7 @@ async fn record_digests(
     digests: &[PlannedDigest],
     counts: &mut PlanCounts,
 ) -> sqlx::Result<()> {
+    let started = Instant::now();
     let keys: Vec<String> = digests
         .iter()
         .map(|digest| digest_key(digest.provider_id, digest.local_date))
@@ -327,5 +344,7 @@ async fn record_digests(
     .bind(&stages)
     .execute(&mut *transaction)
     .await?;
-    transaction.commit().await
+    transaction.commit().await?;
+    counts.timings.recording += started.elapsed();
+    Ok(())
 }
