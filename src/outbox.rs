@@ -58,11 +58,21 @@ impl DeliveryCounts {
     }
 }
 
+/// Kind of an outbox row, stored in the column `reminders.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "reminder_kind", rename_all = "snake_case")]
+pub enum DigestKind {
+    ProviderDigest,
+    SupportDigest,
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct ClaimedDigest {
     id: i64,
     reminder_key: String,
-    provider_id: i64,
+    kind: DigestKind,
+    /// `None` for a support digest.
+    provider_id: Option<i64>,
     attempts: i32,
 }
 
@@ -292,7 +302,7 @@ impl Deliverer {
                  ORDER BY next_attempt_at, id
                  LIMIT $3
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, reminder_key, provider_id, attempts",
+             RETURNING id, reminder_key, kind, provider_id, attempts",
         )
         .bind(now)
         .bind(now + self.settings.lease.to_chrono())
@@ -330,6 +340,9 @@ impl Deliverer {
         digest: &ClaimedDigest,
         counts: &mut DeliveryCounts,
     ) -> anyhow::Result<()> {
+        if digest.kind == DigestKind::SupportDigest {
+            return self.deliver_support_digest(pool, now, digest, counts).await;
+        }
         let items = load_items(pool, digest.id).await?;
         let dropped: Vec<i64> = items
             .iter()
@@ -403,6 +416,46 @@ impl Deliverer {
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// Builds a support digest from the flags open at `now`, sends it and
+    /// records the outcome. Support digests have no send window and open
+    /// no flags when they fail.
+    async fn deliver_support_digest(
+        &self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+        digest: &ClaimedDigest,
+        counts: &mut DeliveryCounts,
+    ) -> anyhow::Result<()> {
+        let content = crate::support_digest::load(pool, digest.id, now).await?;
+        let outcome = match self
+            .composer
+            .support_digest(&digest.reminder_key, &content, now)
+        {
+            Ok(message) => match self.transport.send(&digest.reminder_key, &message).await {
+                Ok(()) => {
+                    debug!(reminder_id = digest.id, "support digest sent");
+                    Outcome::Sent
+                }
+                Err(error) => self.outcome_of_failure(now, digest, error),
+            },
+            Err(error) => {
+                warn!(reminder_id = digest.id, error = %format!("{error:#}"), "failed to compose support digest");
+                Outcome::Failed {
+                    error: format!("failed to compose: {error:#}"),
+                    permanent: false,
+                }
+            }
+        };
+        match &outcome {
+            Outcome::Sent => counts.digests_sent += 1,
+            Outcome::Retry { .. } => counts.digests_retrying += 1,
+            // A support digest is never empty or deferred.
+            _ => counts.digests_failed += 1,
+        }
+        record_outcome(pool, now, digest.id, &outcome).await?;
         Ok(())
     }
 
