@@ -441,7 +441,7 @@ async fn measure_scan(
             .await?;
         let bare = started.elapsed();
 
-        sqlx::query("TRUNCATE reminder_items, reminders")
+        sqlx::query("TRUNCATE reminder_items, support_digests, reminders")
             .execute(pool)
             .await?;
         let started = Instant::now();
@@ -546,7 +546,8 @@ async fn mean_message_size(
 ) -> anyhow::Result<usize> {
     let composer = Composer::new(settings)?;
     let digests: Vec<(i64, String, i64)> = sqlx::query_as(
-        "SELECT id, reminder_key, provider_id FROM reminders WHERE status = 'sent' ORDER BY id LIMIT 200",
+        "SELECT id, reminder_key, provider_id FROM reminders
+         WHERE status = 'sent' AND kind = 'provider_digest' ORDER BY id LIMIT 200",
     )
     .fetch_all(pool)
     .await?;
