@@ -473,7 +473,7 @@ async fn measure_scan(
             .await?;
         let bare = started.elapsed();
 
-        sqlx::query("TRUNCATE reminder_items, reminders")
+        sqlx::query("TRUNCATE reminder_items, support_digests, reminders")
             .execute(pool)
             .await?;
         let started = Instant::now();
@@ -528,7 +528,7 @@ async fn measure_bare_insert(pool: &PgPool) -> anyhow::Result<(Duration, u64)> {
         "DROP TABLE IF EXISTS bench_reminders, bench_items",
         "CREATE TEMP TABLE bench_reminders AS SELECT * FROM reminders",
         "CREATE TEMP TABLE bench_items AS SELECT * FROM reminder_items",
-        "TRUNCATE reminder_items, reminders",
+        "TRUNCATE reminder_items, support_digests, reminders",
     ] {
         sqlx::query(statement).execute(&mut *connection).await?;
     }
@@ -616,7 +616,8 @@ async fn mean_message_size(
 ) -> anyhow::Result<usize> {
     let composer = Composer::new(settings)?;
     let digests: Vec<(i64, String, i64)> = sqlx::query_as(
-        "SELECT id, reminder_key, provider_id FROM reminders WHERE status = 'sent' ORDER BY id LIMIT 200",
+        "SELECT id, reminder_key, provider_id FROM reminders
+         WHERE status = 'sent' AND kind = 'provider_digest' ORDER BY id LIMIT 200",
     )
     .fetch_all(pool)
     .await?;

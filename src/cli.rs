@@ -65,6 +65,7 @@ enum Command {
 enum JobChoice {
     Reminders,
     Flags,
+    SupportDigest,
     All,
 }
 
@@ -295,6 +296,15 @@ async fn run_once(
     if matches!(job, JobChoice::Flags | JobChoice::All) {
         let run = worker.run_flags(now).await?;
         writeln!(out, "{}: {}", JobName::Flags, serde_json::to_string(&run)?)?;
+    }
+    if matches!(job, JobChoice::SupportDigest | JobChoice::All) {
+        let run = worker.run_support_digest(now).await?;
+        writeln!(
+            out,
+            "{}: {}",
+            JobName::SupportDigest,
+            serde_json::to_string(&run)?
+        )?;
     }
     Ok(())
 }

@@ -1,19 +1,29 @@
-//! Builds the provider digest: plain text and HTML from the templates in
-//! `templates/`, times in the provider's zone, members shown by initials.
+//! Builds the emails: the provider digest, with times in the provider's
+//! zone, and the support digest of open flags, with its CSV attachment.
+//! Plain text and HTML come from the templates in `templates/`, and members
+//! are shown by initials.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::{Attachment, Mailbox, MessageBuilder, MultiPart, SinglePart};
 use minijinja::{Environment, context};
 use serde::Serialize;
 
 use crate::config::Settings;
 use crate::recipient::Recipient;
+use crate::support_digest::{NewFlag, SupportDigest};
 
 const TEXT_TEMPLATE: &str = "digest.txt";
 const HTML_TEMPLATE: &str = "digest.html";
+const SUPPORT_TEXT_TEMPLATE: &str = "support_digest.txt";
+const SUPPORT_HTML_TEMPLATE: &str = "support_digest.html";
+
+/// New flags listed in the body of a support digest. The rest are counted
+/// and left to the attachment, which contains every open flag, so a backlog
+/// cannot turn the email into thousands of lines.
+pub const SUPPORT_NEW_FLAGS_LISTED: usize = 200;
 
 /// One session listed in a digest.
 #[derive(Debug, Clone)]
@@ -32,6 +42,21 @@ struct SessionView {
     days_ago: i64,
 }
 
+#[derive(Serialize)]
+struct KindCountView {
+    kind: &'static str,
+    count: u64,
+}
+
+#[derive(Serialize)]
+struct NewFlagView {
+    kind: &'static str,
+    flag_id: i64,
+    provider_id: i64,
+    session_date: String,
+    member_ref: String,
+}
+
 /// Renders digests with the settings fixed at start-up.
 pub struct Composer {
     templates: Environment<'static>,
@@ -39,6 +64,8 @@ pub struct Composer {
     support: Mailbox,
     dashboard_url: String,
     reminder_after: String,
+    support_digest_recipients: Vec<Mailbox>,
+    support_page_url: String,
 }
 
 impl Composer {
@@ -52,12 +79,26 @@ impl Composer {
         templates
             .add_template(HTML_TEMPLATE, include_str!("../templates/digest.html"))
             .context("failed to parse templates/digest.html")?;
+        templates
+            .add_template(
+                SUPPORT_TEXT_TEMPLATE,
+                include_str!("../templates/support_digest.txt"),
+            )
+            .context("failed to parse templates/support_digest.txt")?;
+        templates
+            .add_template(
+                SUPPORT_HTML_TEMPLATE,
+                include_str!("../templates/support_digest.html"),
+            )
+            .context("failed to parse templates/support_digest.html")?;
         Ok(Self {
             templates,
             from: settings.email.from.0.clone(),
             support: settings.email.support_mailbox.0.clone(),
             dashboard_url: settings.email.dashboard_url.clone(),
             reminder_after: describe_span(settings.reminders.reminder_after.to_chrono()),
+            support_digest_recipients: settings.support_digest.recipients.0.clone(),
+            support_page_url: settings.support_digest.page_url.clone(),
         })
     }
 
@@ -104,44 +145,124 @@ impl Composer {
             support_address => self.support.email.to_string(),
             reminder_after => self.reminder_after,
         };
-        let text = self
-            .templates
-            .get_template(TEXT_TEMPLATE)?
-            .render(&values)?;
-        let html = self
-            .templates
-            .get_template(HTML_TEMPLATE)?
-            .render(&values)?;
+        let body = self.render_alternative(TEXT_TEMPLATE, HTML_TEMPLATE, &values)?;
 
         let subject = match sessions.len() {
             1 => "Reminder: 1 session is waiting for your invoice".to_owned(),
             count => format!("Reminder: {count} sessions are waiting for your invoice"),
         };
-        let message = Message::builder()
-            .from(self.from.clone())
+        let message = self
+            .message_builder(key, now)
             .to(recipient.mailbox.clone())
             .subject(subject)
+            .multipart(body)
+            .context("failed to build the digest message")?;
+        Ok(message)
+    }
+
+    /// Builds the support digest for `support_digest.recipients`, with every
+    /// open flag attached as `open-flags-YYYY-MM-DD.csv` (the UTC date of
+    /// `now`). `key` gives the stable Message-ID.
+    pub fn support_digest(
+        &self,
+        key: &str,
+        digest: &SupportDigest,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Message> {
+        anyhow::ensure!(
+            !self.support_digest_recipients.is_empty(),
+            "support_digest.recipients is empty; list at least one mailbox to send support digests"
+        );
+
+        let new_total = digest.new_flags.len();
+        let listed: Vec<NewFlagView> = digest
+            .new_flags
+            .iter()
+            .take(SUPPORT_NEW_FLAGS_LISTED)
+            .map(new_flag_view)
+            .collect();
+        let attachment_name = format!("open-flags-{}.csv", now.format("%Y-%m-%d"));
+        let values = context! {
+            open_total => digest.open_total,
+            kinds => digest
+                .open_by_kind
+                .iter()
+                .map(|(kind, count)| KindCountView { kind: kind.as_str(), count: *count })
+                .collect::<Vec<_>>(),
+            new_total,
+            new_flags => listed,
+            new_not_listed => new_total.saturating_sub(SUPPORT_NEW_FLAGS_LISTED),
+            flags_since => digest.flags_since.map(|since| since.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+            cutoff => digest.cutoff.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            page_url => self.support_page_url,
+            attachment_name,
+        };
+        let body =
+            self.render_alternative(SUPPORT_TEXT_TEMPLATE, SUPPORT_HTML_TEMPLATE, &values)?;
+        let csv_type =
+            ContentType::parse("text/csv; charset=utf-8").expect("a constant, valid content type");
+        let attachment = Attachment::new(attachment_name).body(digest.csv.clone(), csv_type);
+
+        let subject = format!(
+            "Support digest: {} open flag{}, {new_total} new",
+            digest.open_total,
+            if digest.open_total == 1 { "" } else { "s" }
+        );
+        let mut builder = self.message_builder(key, now).subject(subject);
+        for mailbox in &self.support_digest_recipients {
+            builder = builder.to(mailbox.clone());
+        }
+        builder
+            .multipart(MultiPart::mixed().multipart(body).singlepart(attachment))
+            .context("failed to build the support digest message")
+    }
+
+    /// Starts a message with the headers every email carries: From, a
+    /// Message-ID derived from `key`, Date and `Auto-Submitted`.
+    fn message_builder(&self, key: &str, now: DateTime<Utc>) -> MessageBuilder {
+        Message::builder()
+            .from(self.from.clone())
             .message_id(Some(message_id(key, self.from.email.domain())))
             .date(now.into())
             .raw_header(HeaderValue::new(
                 HeaderName::new_from_ascii_str("Auto-Submitted"),
                 "auto-generated".to_owned(),
             ))
-            .multipart(
-                MultiPart::alternative()
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_PLAIN)
-                            .body(text),
-                    )
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_HTML)
-                            .body(html),
-                    ),
+    }
+
+    /// Renders a pair of templates into a multipart/alternative body, plain
+    /// text first.
+    fn render_alternative(
+        &self,
+        text_template: &str,
+        html_template: &str,
+        values: &minijinja::Value,
+    ) -> anyhow::Result<MultiPart> {
+        let text = self.templates.get_template(text_template)?.render(values)?;
+        let html = self.templates.get_template(html_template)?.render(values)?;
+        Ok(MultiPart::alternative()
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(text),
             )
-            .context("failed to build the digest message")?;
-        Ok(message)
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_HTML)
+                    .body(html),
+            ))
+    }
+}
+
+fn new_flag_view(flag: &NewFlag) -> NewFlagView {
+    NewFlagView {
+        kind: flag.kind.as_str(),
+        flag_id: flag.flag_id,
+        provider_id: flag.provider_id,
+        session_date: flag
+            .session_date
+            .map_or_else(|| "unknown".to_owned(), |date| date.to_string()),
+        member_ref: flag.member_ref.clone(),
     }
 }
 

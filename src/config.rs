@@ -27,6 +27,7 @@ pub struct Settings {
     pub flags: FlagSettings,
     pub send_window: SendWindowSettings,
     pub schedule: ScheduleSettings,
+    pub support_digest: SupportDigestSettings,
     pub email: EmailSettings,
     pub smtp: Option<SmtpSettings>,
     pub file: FileSettings,
@@ -151,6 +152,28 @@ impl Default for ScheduleSettings {
         Self {
             reminders: "0 */15 * * * *".to_owned(),
             flags: "0 5 * * * *".to_owned(),
+        }
+    }
+}
+
+/// The digest email of open flags sent to support.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupportDigestSettings {
+    /// Cron expression in UTC, seconds first; each occurrence is one digest.
+    pub schedule: String,
+    /// Mailboxes that receive the digest. Empty turns the job off.
+    pub recipients: MailboxList,
+    /// Link to support's flag page placed in every digest.
+    pub page_url: String,
+}
+
+impl Default for SupportDigestSettings {
+    fn default() -> Self {
+        Self {
+            schedule: "0 0 8 * * Mon-Fri".to_owned(),
+            recipients: MailboxList::default(),
+            page_url: "http://127.0.0.1:8080/support/flags".to_owned(),
         }
     }
 }
@@ -400,16 +423,10 @@ impl Settings {
         validate_cron("schedule.reminders", &self.schedule.reminders)?;
         validate_cron("schedule.flags", &self.schedule.flags)?;
 
-        let url = &self.email.dashboard_url;
-        let host = url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"))
-            .map(|rest| rest.split('/').next().unwrap_or(""));
-        if host.is_none_or(str::is_empty) || url.contains(char::is_whitespace) {
-            bail!(
-                "invalid configuration: email.dashboard_url \"{url}\" is not an http or https URL with a host"
-            );
-        }
+        validate_cron("support_digest.schedule", &self.support_digest.schedule)?;
+
+        validate_http_url("email.dashboard_url", &self.email.dashboard_url)?;
+        validate_http_url("support_digest.page_url", &self.support_digest.page_url)?;
 
         if let Some(smtp) = &self.smtp {
             if smtp.host.trim().is_empty() {
@@ -460,6 +477,17 @@ fn validate_cron(key: &str, expression: &str) -> anyhow::Result<()> {
                 "invalid configuration: {key} \"{expression}\" is not a cron expression; use six fields with seconds first, such as \"0 */15 * * * *\""
             )
         })
+}
+
+fn validate_http_url(key: &str, url: &str) -> anyhow::Result<()> {
+    let host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .map(|rest| rest.split('/').next().unwrap_or(""));
+    if host.is_none_or(str::is_empty) || url.contains(char::is_whitespace) {
+        bail!("invalid configuration: {key} \"{url}\" is not an http or https URL with a host");
+    }
+    Ok(())
 }
 
 /// A positive length of time written as `5d`, `36h` or `90s`.
@@ -580,6 +608,56 @@ impl<'de> Deserialize<'de> for MailboxSetting {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         MailboxSetting::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A list of email addresses, written as a TOML array of strings or, for
+/// an environment variable, as one string with the addresses separated by
+/// commas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailboxList(pub Vec<Mailbox>);
+
+impl MailboxList {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de> Deserialize<'de> for MailboxList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ListVisitor {
+            type Value = MailboxList;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(
+                    "a list of email addresses such as [\"support@example.org\"], or one string of addresses separated by commas",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<MailboxList, E> {
+                text.split(',')
+                    .filter(|entry| !entry.trim().is_empty())
+                    .map(|entry| MailboxSetting::parse(entry).map(|mailbox| mailbox.0))
+                    .collect::<Result<Vec<Mailbox>, String>>()
+                    .map(MailboxList)
+                    .map_err(E::custom)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut entries: A,
+            ) -> Result<MailboxList, A::Error> {
+                let mut mailboxes = Vec::new();
+                while let Some(entry) = entries.next_element::<MailboxSetting>()? {
+                    mailboxes.push(entry.0);
+                }
+                Ok(MailboxList(mailboxes))
+            }
+        }
+
+        deserializer.deserialize_any(ListVisitor)
     }
 }
 

@@ -45,23 +45,29 @@ pub async fn run(
     });
     let worker = Arc::new(worker.with_shutdown(shutdown.clone()));
 
-    let guards = [
+    let mut guards = vec![
         (JobName::Reminders, TickGuard(Arc::new(Mutex::new(())))),
         (JobName::Flags, TickGuard(Arc::new(Mutex::new(())))),
     ];
+    if worker.support_digest_schedule().is_some() {
+        guards.push((JobName::SupportDigest, TickGuard(Arc::new(Mutex::new(())))));
+    } else {
+        info!("support digest off: support_digest.recipients is empty");
+    }
 
     let mut scheduler = JobScheduler::new()
         .await
         .context("failed to create the job scheduler")?;
     for (job, guard) in &guards {
         let expression = match job {
-            JobName::Reminders => &schedule.reminders,
-            JobName::Flags => &schedule.flags,
+            JobName::Reminders => schedule.reminders.as_str(),
+            JobName::Flags => schedule.flags.as_str(),
+            JobName::SupportDigest => worker.support_digest_schedule().unwrap_or_default(),
         };
         let worker = Arc::clone(&worker);
         let guard = guard.clone();
         let job = *job;
-        let cron_job = Job::new_async(expression.as_str(), move |_, _| {
+        let cron_job = Job::new_async(expression, move |_, _| {
             let worker = Arc::clone(&worker);
             let guard = guard.clone();
             Box::pin(async move { tick(&worker, job, &guard).await })
@@ -95,7 +101,7 @@ pub async fn run(
             .start()
             .await
             .context("failed to start the job scheduler")?;
-        info!(reminders = %schedule.reminders, flags = %schedule.flags, "scheduler started");
+        info!(reminders = %schedule.reminders, flags = %schedule.flags, support_digest = worker.support_digest_schedule().unwrap_or("off"), "scheduler started");
     }
 
     shutdown.requested().await;
@@ -146,6 +152,7 @@ async fn tick(worker: &Worker, job: JobName, guard: &TickGuard) {
     let _ = match job {
         JobName::Reminders => worker.run_reminders(now).await.map(|_| ()),
         JobName::Flags => worker.run_flags(now).await.map(|_| ()),
+        JobName::SupportDigest => worker.run_support_digest(now).await.map(|_| ()),
     };
 }
 

@@ -79,6 +79,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 pub enum JobLock {
     ReminderScan = 1,
     FlagUpdate = 2,
+    SupportDigest = 3,
 }
 
 /// First key of every advisory lock the worker takes ("SS" in ASCII), so

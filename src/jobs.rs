@@ -19,12 +19,14 @@ use crate::outbox::{Deliverer, DeliveryCounts};
 use crate::policy::{ReminderPolicy, SendWindow};
 use crate::reminders::{PlanCounts, Planner};
 use crate::shutdown::Shutdown;
+use crate::support_digest::{self, RecordCounts};
 
 /// The jobs the scheduler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum JobName {
     Reminders,
     Flags,
+    SupportDigest,
 }
 
 impl JobName {
@@ -32,6 +34,7 @@ impl JobName {
         match self {
             JobName::Reminders => "reminders",
             JobName::Flags => "flags",
+            JobName::SupportDigest => "support_digest",
         }
     }
 }
@@ -49,12 +52,22 @@ pub struct ReminderRun {
     pub delivery: DeliveryCounts,
 }
 
+/// Counts from one tick of the support digest job: recording, then
+/// delivery. Delivery is the outbox's whole pass, so it also counts any
+/// provider digests that were due at the same moment.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SupportDigestRun {
+    pub record: RecordCounts,
+    pub delivery: DeliveryCounts,
+}
+
 /// Everything a tick needs, built once at start-up.
 pub struct Worker {
     pub pool: PgPool,
     planner: Planner,
     deliverer: Deliverer,
     flagger: Flagger,
+    support_digest: support_digest::Recorder,
 }
 
 impl Worker {
@@ -76,7 +89,14 @@ impl Worker {
                 policy,
                 period_ending_within: settings.flags.period_ending_within.to_chrono(),
             },
+            support_digest: support_digest::Recorder::from_settings(settings)?,
         })
+    }
+
+    /// Returns the support digest's cron expression, or `None` when the job
+    /// is off because `support_digest.recipients` is empty.
+    pub fn support_digest_schedule(&self) -> Option<&str> {
+        self.support_digest.schedule()
     }
 
     /// Makes delivery stop between messages once `shutdown` is requested.
@@ -116,6 +136,31 @@ impl Worker {
                 .run_once(&self.pool, now)
                 .await
                 .context("flag update failed")
+        })
+        .await
+    }
+
+    /// Records the support digest of the schedule slot at `now` unless it
+    /// exists, then delivers every due digest. Does nothing when the job is off.
+    pub async fn run_support_digest(&self, now: DateTime<Utc>) -> anyhow::Result<SupportDigestRun> {
+        self.record(JobName::SupportDigest, now, async {
+            let record = self
+                .support_digest
+                .run_once(&self.pool, now)
+                .await
+                .context("support digest recording failed")?;
+            if record.disabled {
+                return Ok(SupportDigestRun {
+                    record,
+                    delivery: DeliveryCounts::default(),
+                });
+            }
+            let delivery = self
+                .deliverer
+                .run_once(&self.pool, now)
+                .await
+                .context("digest delivery failed")?;
+            Ok(SupportDigestRun { record, delivery })
         })
         .await
     }

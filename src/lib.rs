@@ -10,6 +10,8 @@
 //!   delivers them through [`email`], built by [`compose`];
 //! - [`flags`] keeps support's review list in step with the database, and
 //!   [`report`] prints it;
+//! - [`support_digest`] records a digest of open flags for support per
+//!   schedule slot in the same outbox;
 //! - [`jobs`] wraps each job as one tick at an injected instant, and
 //!   [`daemon`] runs the ticks on cron schedules;
 //! - [`policy`] and [`recipient`] hold the rules as pure functions;
@@ -18,8 +20,8 @@
 //! - [`benchmark`] measures the reminder cycle at platform scale.
 //!
 //! The worker reads the platform's tables (providers, members, allotments,
-//! sessions) and writes only its own (reminders, reminder_items, flags,
-//! job_runs).
+//! sessions) and writes only its own (reminders, reminder_items,
+//! support_digests, flags, job_runs).
 
 pub mod benchmark;
 pub mod cli;
@@ -39,4 +41,5 @@ pub mod reminders;
 pub mod report;
 pub mod runs;
 pub mod shutdown;
+pub mod support_digest;
 pub mod telemetry;

@@ -58,11 +58,21 @@ impl DeliveryCounts {
     }
 }
 
+/// Kind of an outbox row, stored in the column `reminders.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "reminder_kind", rename_all = "snake_case")]
+pub enum DigestKind {
+    ProviderDigest,
+    SupportDigest,
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct ClaimedDigest {
     id: i64,
     reminder_key: String,
-    provider_id: i64,
+    kind: DigestKind,
+    /// `None` for a support digest.
+    provider_id: Option<i64>,
     attempts: i32,
 }
 
@@ -89,7 +99,10 @@ struct BatchContext {
 impl BatchContext {
     /// The provider as checked when the batch was claimed, or why it
     /// cannot be reached.
-    fn recipient(&self, provider_id: i64) -> Result<&Recipient, String> {
+    fn recipient(&self, provider_id: Option<i64>) -> Result<&Recipient, String> {
+        let Some(provider_id) = provider_id else {
+            return Err("digest has no provider".to_owned());
+        };
         match self.recipients.get(&provider_id) {
             Some(Ok(recipient)) => Ok(recipient),
             Some(Err(reason)) => Err(reason.clone()),
@@ -334,7 +347,7 @@ impl Deliverer {
                  ORDER BY next_attempt_at, id
                  LIMIT $3
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, reminder_key, provider_id, attempts",
+             RETURNING id, reminder_key, kind, provider_id, attempts",
         )
         .bind(now)
         .bind(now + self.settings.lease.to_chrono())
@@ -356,6 +369,11 @@ impl Deliverer {
         renewal: LeaseRenewal<'_>,
         counts: &mut DeliveryCounts,
     ) -> anyhow::Result<HashSet<i64>> {
+        if digest.kind == DigestKind::SupportDigest {
+            return self
+                .deliver_support_digest(pool, now, digest, renewal, counts)
+                .await;
+        }
         let no_items = Vec::new();
         let items = context.items.get(&digest.id).unwrap_or(&no_items);
         let dropped: Vec<i64> = items
@@ -431,6 +449,46 @@ impl Deliverer {
             .await?;
         }
         Ok(held)
+    }
+
+    /// Builds a support digest from the flags open at `now`, sends it and
+    /// records the outcome. Support digests have no send window and open
+    /// no flags when they fail.
+    async fn deliver_support_digest(
+        &self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+        digest: &ClaimedDigest,
+        renewal: LeaseRenewal<'_>,
+        counts: &mut DeliveryCounts,
+    ) -> anyhow::Result<HashSet<i64>> {
+        let content = crate::support_digest::load(pool, digest.id, now).await?;
+        let outcome = match self
+            .composer
+            .support_digest(&digest.reminder_key, &content, now)
+        {
+            Ok(message) => match self.transport.send(&digest.reminder_key, &message).await {
+                Ok(()) => {
+                    debug!(reminder_id = digest.id, "support digest sent");
+                    Outcome::Sent
+                }
+                Err(error) => self.outcome_of_failure(now, digest, error),
+            },
+            Err(error) => {
+                warn!(reminder_id = digest.id, error = %format!("{error:#}"), "failed to compose support digest");
+                Outcome::Failed {
+                    error: format!("failed to compose: {error:#}"),
+                    permanent: false,
+                }
+            }
+        };
+        match &outcome {
+            Outcome::Sent => counts.digests_sent += 1,
+            Outcome::Retry { .. } => counts.digests_retrying += 1,
+            // A support digest is never empty or deferred.
+            _ => counts.digests_failed += 1,
+        }
+        Ok(record_outcome(pool, now, digest.id, &outcome, &renewal).await?)
     }
 
     /// Checks the provider and its send window again, composes the message
@@ -531,7 +589,10 @@ impl Deliverer {
 /// read again, not taken from the scan, so a change since then counts.
 async fn load_batch(pool: &PgPool, batch: &[ClaimedDigest]) -> sqlx::Result<BatchContext> {
     let reminder_ids: Vec<i64> = batch.iter().map(|digest| digest.id).collect();
-    let provider_ids: Vec<i64> = batch.iter().map(|digest| digest.provider_id).collect();
+    let provider_ids: Vec<i64> = batch
+        .iter()
+        .filter_map(|digest| digest.provider_id)
+        .collect();
     let mut items: HashMap<i64, Vec<ItemRow>> = HashMap::new();
     for item in load_items(pool, &reminder_ids).await? {
         items.entry(item.reminder_id).or_default().push(item);

@@ -12,3 +12,4 @@ mod flags;
 mod message;
 mod processes;
 mod reminders;
+mod support_digest;
