@@ -22,6 +22,7 @@ use crate::compose::{Composer, DigestSession};
 use crate::config::ReminderSettings;
 use crate::email::{SendError, Transport};
 use crate::flags::{self, FlagKind};
+use crate::metrics::{EmailOutcome, Metrics};
 use crate::policy::SendWindow;
 use crate::recipient::{self, ProviderRow, Recipient, Unreachable};
 use crate::shutdown::Shutdown;
@@ -110,6 +111,8 @@ pub struct Deliverer {
     pub shutdown: Shutdown,
     /// Claim tokens of the batches the senders hold right now.
     pub held_tokens: Mutex<HashSet<i64>>,
+    /// Counts each message sent, retried or failed.
+    pub metrics: Metrics,
 }
 
 /// Most digests one sender claims at a time.
@@ -148,6 +151,7 @@ impl Deliverer {
             window,
             shutdown: Shutdown::never(),
             held_tokens: Mutex::new(HashSet::new()),
+            metrics: Metrics::new(),
         }
     }
 
@@ -374,6 +378,7 @@ impl Deliverer {
         match &outcome {
             Outcome::Sent => {
                 counts.digests_sent += 1;
+                self.metrics.count_email(EmailOutcome::Sent);
                 for item in items
                     .iter()
                     .filter(|item| !dropped.contains(&item.session_id))
@@ -382,9 +387,15 @@ impl Deliverer {
                 }
             }
             Outcome::Empty => counts.digests_empty += 1,
-            Outcome::Retry { .. } => counts.digests_retrying += 1,
+            Outcome::Retry { .. } => {
+                counts.digests_retrying += 1;
+                self.metrics.count_email(EmailOutcome::Retried);
+            }
             Outcome::Defer { .. } => counts.digests_deferred += 1,
-            Outcome::Failed { .. } => counts.digests_failed += 1,
+            Outcome::Failed { .. } => {
+                counts.digests_failed += 1;
+                self.metrics.count_email(EmailOutcome::Failed);
+            }
         }
         record_outcome(pool, now, digest.id, &outcome).await?;
 
