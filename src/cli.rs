@@ -286,7 +286,7 @@ async fn run_daemon(pool: PgPool, settings: &Settings) -> anyhow::Result<()> {
         stopping.requested().await;
     })
     .await?;
-    server.stop(grace).await;
+    server.join(grace).await;
     Ok(())
 }
 

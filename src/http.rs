@@ -103,7 +103,7 @@ impl ServerTask {
     /// Waits up to `grace` for the server to finish the requests in
     /// progress after shutdown was requested. A client that keeps a
     /// request open longer is cut off when the process exits.
-    pub async fn stop(self, grace: Duration) {
+    pub async fn join(self, grace: Duration) {
         let Some(task) = self.0 else {
             return;
         };

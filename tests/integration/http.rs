@@ -8,7 +8,7 @@
 //! back over HTTP as Prometheus would.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -691,19 +691,32 @@ async fn overdue_gauge_buckets_by_stage(pool: PgPool) {
     assert_eq!(overdue_by_stage(&later), [2.0, 3.0, 3.0, 3.0]);
 }
 
-/// A `session-steward run` child with its standard error in a file.
-/// Dropping it kills the process if it is still running.
+/// Binds an ephemeral loopback port and returns the listener, which keeps
+/// the port taken until dropped, with its address.
+fn take_port() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("take a port");
+    let address = listener.local_addr().expect("bound address").to_string();
+    (listener, address)
+}
+
+/// A `session-steward run` child with its configuration and standard
+/// error in a temporary folder. Dropping it kills the process if it is
+/// still running.
 struct RunProcess {
     child: std::process::Child,
     stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl RunProcess {
-    /// Starts `run` in `dir` with the file transport, taking the HTTP
-    /// address from the environment as an operator would override it.
-    fn start(dir: &Path, database_url: &str, http_address: &str) -> Self {
-        let config = dir.join("config.toml");
-        let outbox = dir.join("outbox");
+    /// Starts `run` on the database behind `pool` with the file transport.
+    /// `overrides` are `SESSION_STEWARD_*` environment variables, set as an
+    /// operator would override configuration keys.
+    async fn start(pool: &PgPool, overrides: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary folder");
+        let database_url = helpers::database_url(pool).await;
+        let config = dir.path().join("config.toml");
+        let outbox = dir.path().join("outbox");
         std::fs::write(
             &config,
             format!(
@@ -712,7 +725,7 @@ impl RunProcess {
             ),
         )
         .expect("write the configuration");
-        let stderr_path = dir.join("stderr.log");
+        let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("create the stderr file");
         let mut command = Command::new(BINARY);
         for (key, _) in std::env::vars_os() {
@@ -720,10 +733,10 @@ impl RunProcess {
                 command.env_remove(key);
             }
         }
+        command.envs(overrides.iter().copied());
         let child = command
             .env_remove("RUST_LOG")
-            .env("DATABASE_URL", database_url)
-            .env("SESSION_STEWARD_HTTP__ADDRESS", http_address)
+            .env("DATABASE_URL", &database_url)
             .arg("--config")
             .arg(&config)
             .arg("run")
@@ -732,7 +745,11 @@ impl RunProcess {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|error| panic!("failed to start {BINARY} run: {error}"));
-        Self { child, stderr_path }
+        Self {
+            child,
+            stderr_path,
+            _dir: dir,
+        }
     }
 
     fn log(&self) -> String {
@@ -769,7 +786,17 @@ impl RunProcess {
         }
     }
 
-    /// Waits for the process to exit; `goal` names the wait in a failure.
+    /// Sends SIGTERM, the signal a service manager stops the daemon with.
+    fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(kill.success(), "kill -TERM {pid}");
+    }
+
+    /// Waits for the process to exit. `goal` names the wait in a failure message.
     async fn wait_for_exit(&mut self, goal: &str) -> ExitStatus {
         let started = Instant::now();
         loop {
@@ -797,9 +824,8 @@ impl Drop for RunProcess {
 
 #[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
 async fn run_serves_health_and_metrics(pool: PgPool) {
-    let dir = tempfile::tempdir().expect("create a temporary folder");
-    let database_url = helpers::database_url(&pool).await;
-    let mut run = RunProcess::start(dir.path(), &database_url, "127.0.0.1:0");
+    let mut run =
+        RunProcess::start(&pool, &[("SESSION_STEWARD_HTTP__ADDRESS", "127.0.0.1:0")]).await;
     let address = run.listening_address().await;
     let base = format!("http://{address}");
 
@@ -833,12 +859,7 @@ async fn run_serves_health_and_metrics(pool: PgPool) {
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 
-    let pid = run.child.id().to_string();
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(kill.success(), "kill -TERM {pid}");
+    run.terminate();
     let status = run.wait_for_exit("exit on SIGTERM").await;
     let log = run.log();
     assert!(status.success(), "run exited with {status}:\n{log}");
@@ -854,11 +875,8 @@ async fn run_serves_health_and_metrics(pool: PgPool) {
 
 #[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
 async fn run_names_taken_address(pool: PgPool) {
-    let dir = tempfile::tempdir().expect("create a temporary folder");
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("take a port");
-    let address = taken.local_addr().expect("bound address").to_string();
-    let database_url = helpers::database_url(&pool).await;
-    let mut run = RunProcess::start(dir.path(), &database_url, &address);
+    let (_taken, address) = take_port();
+    let mut run = RunProcess::start(&pool, &[("SESSION_STEWARD_HTTP__ADDRESS", &address)]).await;
 
     let status = run.wait_for_exit("exit on a taken port").await;
     let log = run.log();
@@ -878,6 +896,40 @@ async fn run_names_taken_address(pool: PgPool) {
         .await
         .expect("count job runs");
     assert_eq!(runs, 0, "no tick runs when the server cannot start");
+}
+
+#[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
+async fn run_without_http_when_disabled(pool: PgPool) {
+    // The taken port shows that nothing is bound: binding it would fail.
+    let (_taken, address) = take_port();
+    let mut run = RunProcess::start(
+        &pool,
+        &[
+            ("SESSION_STEWARD_HTTP__ENABLED", "false"),
+            ("SESSION_STEWARD_HTTP__ADDRESS", &address),
+        ],
+    )
+    .await;
+
+    let started = Instant::now();
+    while !run.log().contains("scheduler started") {
+        if let Some(status) = run.child.try_wait().expect("poll the child") {
+            panic!("run exited with {status}:\n{}", run.log());
+        }
+        assert!(
+            started.elapsed() < WAIT_LIMIT,
+            "the scheduler never started:\n{}",
+            run.log()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let log = run.log();
+    assert!(log.contains("HTTP server disabled"), "{log}");
+    assert!(!log.contains("HTTP server listening"), "{log}");
+
+    run.terminate();
+    let status = run.wait_for_exit("exit on SIGTERM").await;
+    assert!(status.success(), "run exited with {status}:\n{}", run.log());
 }
 
 #[test]
