@@ -715,6 +715,7 @@ impl RunProcess {
     async fn start(pool: &PgPool, overrides: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("create a temporary folder");
         let database_url = helpers::database_url(pool).await;
+
         let config = dir.path().join("config.toml");
         let outbox = dir.path().join("outbox");
         std::fs::write(
@@ -725,8 +726,11 @@ impl RunProcess {
             ),
         )
         .expect("write the configuration");
+
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("create the stderr file");
+
+        // Only the file, DATABASE_URL and `overrides` configure the child.
         let mut command = Command::new(BINARY);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("SESSION_STEWARD_") {
@@ -745,6 +749,7 @@ impl RunProcess {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|error| panic!("failed to start {BINARY} run: {error}"));
+
         Self {
             child,
             stderr_path,
@@ -900,7 +905,7 @@ async fn run_names_taken_address(pool: PgPool) {
 
 #[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
 async fn run_without_http_when_disabled(pool: PgPool) {
-    // The taken port shows that nothing is bound: binding it would fail.
+    // Binding this taken port would fail, so a clean run shows nothing was bound.
     let (_taken, address) = take_port();
     let mut run = RunProcess::start(
         &pool,
