@@ -13,10 +13,13 @@ use sqlx::PgPool;
 
 use crate::config::{Settings, TransportKind};
 use crate::dataset::DemoSize;
+use crate::db::ensure_migrated;
 use crate::email::Transport;
 use crate::flags::FlagKind;
+use crate::http;
 use crate::jobs::{JobName, Worker};
 use crate::report::{self, ReportFilter};
+use crate::shutdown::Shutdown;
 
 /// Default database of `demo`. It never reads
 /// `DATABASE_URL`, so it cannot empty a database by accident.
@@ -266,13 +269,26 @@ async fn run_daemon(pool: PgPool, settings: &Settings) -> anyhow::Result<()> {
     ensure_migrated(&pool).await?;
     let worker = build_worker(pool, settings, settings.daemon_transport()).await?;
     let grace = settings.daemon.shutdown_grace.to_std();
-    crate::daemon::run(
-        worker,
-        &settings.schedule,
-        grace,
-        crate::daemon::shutdown_signal(),
-    )
-    .await
+
+    // One signal stops both the scheduler and the HTTP server.
+    let (trigger, shutdown) = Shutdown::channel();
+    tokio::spawn(async move {
+        crate::daemon::shutdown_signal().await;
+        trigger.trigger();
+    });
+    let state = http::AppState {
+        pool: crate::db::probe_pool(&worker.pool),
+        metrics: worker.metrics().clone(),
+    };
+    let server = http::start(&settings.http, http::router(state), shutdown.clone()).await?;
+
+    let mut stopping = shutdown;
+    crate::daemon::run(worker, &settings.schedule, grace, async move {
+        stopping.requested().await;
+    })
+    .await?;
+    server.join(grace).await;
+    Ok(())
 }
 
 async fn run_once(
@@ -305,26 +321,6 @@ async fn run_once(
             JobName::SupportDigest,
             serde_json::to_string(&run)?
         )?;
-    }
-    Ok(())
-}
-
-/// Fails with a clear message when the schema is missing or behind, so
-/// the daemon never runs against tables it does not expect.
-async fn ensure_migrated(pool: &PgPool) -> anyhow::Result<()> {
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await
-            .unwrap_or_default();
-    let missing = crate::db::MIGRATOR
-        .iter()
-        .filter(|migration| !applied.contains(&migration.version))
-        .count();
-    if missing > 0 {
-        anyhow::bail!(
-            "the database is missing {missing} migration(s); run `session-steward migrate` first"
-        );
     }
     Ok(())
 }

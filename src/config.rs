@@ -5,6 +5,7 @@
 //! configuration that applies the rules in the README.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -33,6 +34,7 @@ pub struct Settings {
     pub file: FileSettings,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
+    pub http: HttpSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +278,25 @@ impl Default for DaemonSettings {
     fn default() -> Self {
         Self {
             shutdown_grace: Span::seconds(30),
+        }
+    }
+}
+
+/// The HTTP server that `run` starts for health checks and metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Whether `run` starts the server.
+    pub enabled: bool,
+    /// Socket address to listen on. Port 0 picks a free port, which is logged.
+    pub address: ListenAddress,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: ListenAddress(SocketAddr::from(([127, 0, 0, 1], 8080))),
         }
     }
 }
@@ -541,6 +562,36 @@ impl fmt::Display for Span {
 }
 
 impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A socket address to listen on, written as `IP:PORT`, such as
+/// `127.0.0.1:8080`, `0.0.0.0:8080` or `[::1]:8080`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddress(pub SocketAddr);
+
+impl FromStr for ListenAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.trim().parse().map(ListenAddress).map_err(|_| {
+            format!(
+                "invalid socket address \"{text}\"; write IP:PORT such as \"127.0.0.1:8080\", \"0.0.0.0:8080\" or \"[::1]:8080\""
+            )
+        })
+    }
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddress {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)

@@ -37,6 +37,21 @@ pub async fn connect(
         .with_context(|| format!("failed to connect to database \"{database}\"; check DATABASE_URL and that PostgreSQL is running"))
 }
 
+/// Opens a second, small pool on the same database as `pool`, for health
+/// checks, so a check never queues behind the jobs' queries. It connects
+/// on first use. While the database is unreachable, acquiring a
+/// connection retries until the caller's own timeout gives up.
+pub fn probe_pool(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(PROBE_CONNECTIONS)
+        .test_before_acquire(true)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
+/// Connections of a [`probe_pool`]: one for the probe, one spare for an
+/// overlapping probe.
+const PROBE_CONNECTIONS: u32 = 2;
+
 /// Creates the database named in `url` if it does not exist yet.
 pub async fn create_if_missing(url: &str) -> anyhow::Result<()> {
     let exists = Postgres::database_exists(url)
@@ -72,6 +87,45 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .context("failed to apply migrations")
+}
+
+/// Counts the embedded migrations that the database has not applied
+/// successfully. A database without sqlx's `_sqlx_migrations` table has
+/// applied none; any other error, such as a lost connection, is returned.
+pub async fn pending_migrations(pool: &PgPool) -> sqlx::Result<usize> {
+    let applied: Vec<i64> = match sqlx::query_scalar(
+        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    {
+        Ok(applied) => applied,
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(UNDEFINED_TABLE) => {
+            Vec::new()
+        }
+        Err(error) => return Err(error),
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|migration| !applied.contains(&migration.version))
+        .count())
+}
+
+/// SQLSTATE of "relation does not exist".
+const UNDEFINED_TABLE: &str = "42P01";
+
+/// Fails with a clear message when the schema is missing or behind, so
+/// the daemon never runs against tables it does not expect.
+pub async fn ensure_migrated(pool: &PgPool) -> anyhow::Result<()> {
+    let missing = pending_migrations(pool)
+        .await
+        .context("failed to read the applied migrations")?;
+    if missing > 0 {
+        anyhow::bail!(
+            "the database is missing {missing} migration(s); run `session-steward migrate` first"
+        );
+    }
+    Ok(())
 }
 
 /// Jobs whose scan must run on one replica at a time.

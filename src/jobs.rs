@@ -4,17 +4,19 @@
 
 use std::fmt;
 use std::future::Future;
+use std::time::Instant;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::compose::Composer;
 use crate::config::Settings;
 use crate::email::Transport;
 use crate::flags::{FlagCounts, Flagger};
+use crate::metrics::Metrics;
 use crate::outbox::{Deliverer, DeliveryCounts};
 use crate::policy::{ReminderPolicy, SendWindow};
 use crate::reminders::{PlanCounts, Planner};
@@ -68,28 +70,33 @@ pub struct Worker {
     deliverer: Deliverer,
     flagger: Flagger,
     support_digest: support_digest::Recorder,
+    metrics: Metrics,
 }
 
 impl Worker {
     pub fn new(pool: PgPool, settings: &Settings, transport: Transport) -> anyhow::Result<Self> {
         let policy = ReminderPolicy::from_settings(settings);
+        let metrics = Metrics::new();
+        let mut deliverer = Deliverer::new(
+            Composer::new(settings).context("failed to load the email templates")?,
+            transport,
+            settings.reminders.clone(),
+            SendWindow::from_settings(settings),
+        );
+        deliverer.metrics = metrics.clone();
         Ok(Self {
             pool,
             planner: Planner {
                 policy: policy.clone(),
                 window: SendWindow::from_settings(settings),
             },
-            deliverer: Deliverer::new(
-                Composer::new(settings).context("failed to load the email templates")?,
-                transport,
-                settings.reminders.clone(),
-                SendWindow::from_settings(settings),
-            ),
+            deliverer,
             flagger: Flagger {
                 policy,
                 period_ending_within: settings.flags.period_ending_within.to_chrono(),
             },
             support_digest: support_digest::Recorder::from_settings(settings)?,
+            metrics,
         })
     }
 
@@ -97,6 +104,11 @@ impl Worker {
     /// is off because `support_digest.recipients` is empty.
     pub fn support_digest_schedule(&self) -> Option<&str> {
         self.support_digest.schedule()
+    }
+
+    /// Returns this worker's metrics, which its ticks update.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Makes delivery stop between messages once `shutdown` is requested.
@@ -165,9 +177,29 @@ impl Worker {
         .await
     }
 
+    /// Runs `work` as one run of `job`, counts it in the metrics, then
+    /// refreshes the gauges, whether the run succeeded or not.
+    async fn record<T: Serialize>(
+        &self,
+        job: JobName,
+        now: DateTime<Utc>,
+        work: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let started = Instant::now();
+        let result = self.record_run(job, now, work).await;
+        self.metrics
+            .observe_job_run(job, result.is_ok(), started.elapsed());
+        let policy = &self.planner.policy;
+        if let Err(error) = self.metrics.refresh_gauges(&self.pool, policy, now).await {
+            // The gauges keep their last values; the next tick tries again.
+            warn!(job = job.as_str(), error = %error, "failed to refresh the metrics gauges");
+        }
+        result
+    }
+
     /// Runs `work` inside a span and a `job_runs` row, and logs its start
     /// and its end with the counts or the error.
-    async fn record<T: Serialize>(
+    async fn record_run<T: Serialize>(
         &self,
         job: JobName,
         now: DateTime<Utc>,

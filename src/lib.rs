@@ -15,6 +15,8 @@
 //! - [`jobs`] wraps each job as one tick at an injected instant, and
 //!   [`daemon`] runs the ticks on cron schedules;
 //! - [`policy`] and [`recipient`] hold the rules as pure functions;
+//! - [`metrics`] counts what the jobs do for Prometheus, and [`http`]
+//!   serves the metrics and the health checks for `run`;
 //! - [`config`], [`db`], [`runs`], [`shutdown`] and [`telemetry`] are the plumbing;
 //!   [`dataset`] and [`demo`] provide the synthetic data and the demo;
 //! - [`benchmark`] measures the reminder cycle at platform scale.
@@ -33,7 +35,9 @@ pub mod db;
 pub mod demo;
 pub mod email;
 pub mod flags;
+pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod outbox;
 pub mod policy;
 pub mod recipient;

@@ -22,6 +22,7 @@ use crate::compose::{Composer, DigestSession};
 use crate::config::ReminderSettings;
 use crate::email::{SendError, Transport};
 use crate::flags::{self, FlagKind};
+use crate::metrics::{EmailOutcome, Metrics};
 use crate::policy::SendWindow;
 use crate::recipient::{self, ProviderRow, Recipient, Unreachable};
 use crate::shutdown::Shutdown;
@@ -151,6 +152,8 @@ pub struct Deliverer {
     pub shutdown: Shutdown,
     /// Claim tokens of the batches the senders hold right now.
     pub held_tokens: Mutex<HashSet<i64>>,
+    /// Counts each message sent, retried or failed.
+    pub metrics: Metrics,
 }
 
 /// Most digests one sender claims at a time.
@@ -189,6 +192,7 @@ impl Deliverer {
             window,
             shutdown: Shutdown::never(),
             held_tokens: Mutex::new(HashSet::new()),
+            metrics: Metrics::new(),
         }
     }
 
@@ -416,20 +420,14 @@ impl Deliverer {
             self.send(now, digest, context, &kept).await?
         };
 
-        match &outcome {
-            Outcome::Sent => {
-                counts.digests_sent += 1;
-                for item in items
-                    .iter()
-                    .filter(|item| !dropped.contains(&item.session_id))
-                {
-                    *counts.sessions_by_stage.entry(item.stage).or_default() += 1;
-                }
+        self.count(&outcome, counts);
+        if let Outcome::Sent = outcome {
+            for item in items
+                .iter()
+                .filter(|item| !dropped.contains(&item.session_id))
+            {
+                *counts.sessions_by_stage.entry(item.stage).or_default() += 1;
             }
-            Outcome::Empty => counts.digests_empty += 1,
-            Outcome::Retry { .. } => counts.digests_retrying += 1,
-            Outcome::Defer { .. } => counts.digests_deferred += 1,
-            Outcome::Failed { .. } => counts.digests_failed += 1,
         }
         let held = record_outcome(pool, now, digest.id, &outcome, &renewal).await?;
 
@@ -482,13 +480,28 @@ impl Deliverer {
                 }
             }
         };
-        match &outcome {
-            Outcome::Sent => counts.digests_sent += 1,
-            Outcome::Retry { .. } => counts.digests_retrying += 1,
-            // A support digest is never empty or deferred.
-            _ => counts.digests_failed += 1,
-        }
+        self.count(&outcome, counts);
         Ok(record_outcome(pool, now, digest.id, &outcome, &renewal).await?)
+    }
+
+    /// Counts an outcome in the pass's counts and in the email metrics.
+    fn count(&self, outcome: &Outcome, counts: &mut DeliveryCounts) {
+        match outcome {
+            Outcome::Sent => {
+                counts.digests_sent += 1;
+                self.metrics.count_email(EmailOutcome::Sent);
+            }
+            Outcome::Empty => counts.digests_empty += 1,
+            Outcome::Retry { .. } => {
+                counts.digests_retrying += 1;
+                self.metrics.count_email(EmailOutcome::Retried);
+            }
+            Outcome::Defer { .. } => counts.digests_deferred += 1,
+            Outcome::Failed { .. } => {
+                counts.digests_failed += 1;
+                self.metrics.count_email(EmailOutcome::Failed);
+            }
+        }
     }
 
     /// Checks the provider and its send window again, composes the message

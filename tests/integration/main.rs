@@ -9,6 +9,7 @@ mod benchmark;
 mod cli;
 mod delivery;
 mod flags;
+mod http;
 mod message;
 mod processes;
 mod reminders;

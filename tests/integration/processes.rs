@@ -225,6 +225,10 @@ transport = "smtp"
 [daemon]
 shutdown_grace = "{grace}s"
 
+# Replicas share the host, so each takes a free port.
+[http]
+address = "127.0.0.1:0"
+
 [reminders]
 {reminder_keys}
 "#,
