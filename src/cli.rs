@@ -347,6 +347,7 @@ async fn flags_command(pool: &PgPool, args: FlagsArgs) -> anyhow::Result<()> {
             let filter = ReportFilter {
                 kind: args.kind,
                 all: args.all,
+                ..ReportFilter::default()
             };
             let rows = report::load(pool, &filter, now).await?;
             let mut out = std::io::stdout().lock();
