@@ -8,8 +8,8 @@
 //!   digest per provider and local day in the outbox;
 //! - [`outbox`] claims recorded digests, re-checks their sessions and
 //!   delivers them through [`email`], built by [`compose`];
-//! - [`flags`] keeps support's review list in step with the database, and
-//!   [`report`] prints it;
+//! - [`flags`] keeps support's review list in step with the database,
+//!   [`report`] prints it and [`support_page`] serves it to a browser;
 //! - [`jobs`] wraps each job as one tick at an injected instant, and
 //!   [`daemon`] runs the ticks on cron schedules;
 //! - [`policy`] and [`recipient`] hold the rules as pure functions;
@@ -39,4 +39,5 @@ pub mod reminders;
 pub mod report;
 pub mod runs;
 pub mod shutdown;
+pub mod support_page;
 pub mod telemetry;
