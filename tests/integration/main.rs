@@ -4,6 +4,7 @@
 
 mod helpers;
 mod smtp;
+mod webdriver;
 
 mod benchmark;
 mod cli;
@@ -12,3 +13,4 @@ mod flags;
 mod message;
 mod processes;
 mod reminders;
+mod support_page;
