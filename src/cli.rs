@@ -276,11 +276,18 @@ async fn run_daemon(pool: PgPool, settings: &Settings) -> anyhow::Result<()> {
         crate::daemon::shutdown_signal().await;
         trigger.trigger();
     });
+    if settings.http.enabled {
+        crate::support_page::check_exposure(settings.http.address.0, &settings.support)?;
+    }
     let state = http::AppState {
         pool: crate::db::probe_pool(&worker.pool),
         metrics: worker.metrics().clone(),
     };
-    let server = http::start(&settings.http, http::router(state), shutdown.clone()).await?;
+    let routes = http::router(state).merge(crate::support_page::routes(
+        worker.pool.clone(),
+        &settings.support,
+    )?);
+    let server = http::start(&settings.http, routes, shutdown.clone()).await?;
 
     let mut stopping = shutdown;
     crate::daemon::run(worker, &settings.schedule, grace, async move {
@@ -353,6 +360,7 @@ async fn flags_command(pool: &PgPool, args: FlagsArgs) -> anyhow::Result<()> {
             let filter = ReportFilter {
                 kind: args.kind,
                 all: args.all,
+                ..ReportFilter::default()
             };
             let rows = report::load(pool, &filter, now).await?;
             let mut out = std::io::stdout().lock();

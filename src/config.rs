@@ -35,6 +35,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub daemon: DaemonSettings,
     pub http: HttpSettings,
+    pub support: SupportSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +302,70 @@ impl Default for HttpSettings {
     }
 }
 
+/// Credentials of the support page. Without any, the page is disabled.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupportSettings {
+    /// Bearer token for scripts, sent as `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+    /// User name for HTTP basic authentication; set together with `password`.
+    pub username: Option<Secret>,
+    pub password: Option<Secret>,
+}
+
+impl SupportSettings {
+    /// The shortest token accepted, so that a token cannot be guessed.
+    pub const MIN_TOKEN_CHARS: usize = 16;
+
+    /// Returns true when a token or a user name and password are set.
+    pub fn has_credential(&self) -> bool {
+        self.token.is_some() || self.username.is_some()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(token) = &self.token {
+            let length = token.expose().chars().count();
+            if length < Self::MIN_TOKEN_CHARS {
+                bail!(
+                    "invalid configuration: support.token has {length} characters; use at least {}, such as the output of `openssl rand -hex 32`",
+                    Self::MIN_TOKEN_CHARS
+                );
+            }
+            if token
+                .expose()
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                bail!(
+                    "invalid configuration: support.token contains whitespace or control characters; use letters, digits and punctuation"
+                );
+            }
+        }
+        if self.username.is_some() != self.password.is_some() {
+            bail!(
+                "invalid configuration: support.username and support.password must be set together"
+            );
+        }
+        if let Some(username) = &self.username {
+            let username = username.expose();
+            if username.is_empty() || username.contains(':') || username.contains(char::is_control)
+            {
+                bail!(
+                    "invalid configuration: support.username {username:?} must be non-empty, without \":\" or control characters"
+                );
+            }
+        }
+        if self
+            .password
+            .as_ref()
+            .is_some_and(|password| password.expose().is_empty())
+        {
+            bail!("invalid configuration: support.password is empty");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
@@ -349,9 +414,9 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Takes the SMTP credentials from the environment exactly as written.
-    /// The environment provider reads `007` as the number 7, which would
-    /// change a password.
+    /// Takes the SMTP and support credentials from the environment exactly
+    /// as written. The environment provider reads `007` as the number 7,
+    /// which would change a password.
     fn keep_raw_credentials(&mut self) {
         for (key, is_password) in [("SMTP__USERNAME", false), ("SMTP__PASSWORD", true)] {
             let Ok(raw) = std::env::var(format!("{ENV_PREFIX}{key}")) else {
@@ -362,6 +427,16 @@ impl Settings {
                 smtp.password = Some(Secret::new(raw));
             } else {
                 smtp.username = Some(Secret::new(raw));
+            }
+        }
+        let support = &mut self.support;
+        for (key, field) in [
+            ("SUPPORT__TOKEN", &mut support.token),
+            ("SUPPORT__USERNAME", &mut support.username),
+            ("SUPPORT__PASSWORD", &mut support.password),
+        ] {
+            if let Ok(raw) = std::env::var(format!("{ENV_PREFIX}{key}")) {
+                *field = Some(Secret::new(raw));
             }
         }
     }
@@ -440,6 +515,8 @@ impl Settings {
                 "invalid configuration: send_window.business_days is empty; list days such as \"Mon\""
             );
         }
+
+        self.support.validate()?;
 
         validate_cron("schedule.reminders", &self.schedule.reminders)?;
         validate_cron("schedule.flags", &self.schedule.flags)?;

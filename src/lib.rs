@@ -8,8 +8,8 @@
 //!   digest per provider and local day in the outbox;
 //! - [`outbox`] claims recorded digests, re-checks their sessions and
 //!   delivers them through [`email`], built by [`compose`];
-//! - [`flags`] keeps support's review list in step with the database, and
-//!   [`report`] prints it;
+//! - [`flags`] keeps support's review list in step with the database,
+//!   [`report`] prints it and [`support_page`] serves it to a browser;
 //! - [`support_digest`] records a digest of open flags for support per
 //!   schedule slot in the same outbox;
 //! - [`jobs`] wraps each job as one tick at an injected instant, and
@@ -46,4 +46,5 @@ pub mod report;
 pub mod runs;
 pub mod shutdown;
 pub mod support_digest;
+pub mod support_page;
 pub mod telemetry;

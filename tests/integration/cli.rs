@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::helpers::{drop_database, url_with_database};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_session-steward");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_session-steward");
 
 /// Reads the first number after `label` on the summary line that starts with it.
 fn count_after(stdout: &str, label: &str) -> u64 {

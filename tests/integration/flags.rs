@@ -57,7 +57,7 @@ async fn open_flags(pool: &PgPool, session_id: i64, kind: FlagKind) -> Vec<Flag>
 
 /// Runs the flag job at `now` and checks that this run did the update,
 /// since a run that finds the job lock taken skips it and counts nothing.
-async fn run_flag_job(worker: &Worker, now: DateTime<Utc>) -> FlagCounts {
+pub(crate) async fn run_flag_job(worker: &Worker, now: DateTime<Utc>) -> FlagCounts {
     let counts = worker.run_flags(now).await.expect("run the flag job");
     assert!(!counts.skipped, "the flag run at {now} took the job lock");
     counts
@@ -70,7 +70,7 @@ fn count(counts: &BTreeMap<FlagKind, u64>, kind: FlagKind) -> u64 {
 
 /// Builds a worker from default settings. The SMTP server only has to
 /// exist for the worker to build, because the flag job sends no email.
-fn flag_worker(pool: &PgPool) -> (SmtpServer, Worker) {
+pub(crate) fn flag_worker(pool: &PgPool) -> (SmtpServer, Worker) {
     let server = SmtpServer::start();
     let worker = worker(pool, &settings_for(&server));
     (server, worker)
@@ -90,7 +90,7 @@ async fn set_sessions_total(pool: &PgPool, allotment_id: i64, total: i32) {
         .expect("update sessions_total");
 }
 
-async fn set_period_end(pool: &PgPool, allotment_id: i64, period_end: DateTime<Utc>) {
+pub(crate) async fn set_period_end(pool: &PgPool, allotment_id: i64, period_end: DateTime<Utc>) {
     sqlx::query("UPDATE allotments SET period_end = $2 WHERE id = $1")
         .bind(allotment_id)
         .bind(period_end)

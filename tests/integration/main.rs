@@ -4,6 +4,7 @@
 
 mod helpers;
 mod smtp;
+mod webdriver;
 
 mod benchmark;
 mod cli;
@@ -14,3 +15,4 @@ mod message;
 mod processes;
 mod reminders;
 mod support_digest;
+mod support_page;
