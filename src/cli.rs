@@ -160,7 +160,7 @@ pub fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return report_failure(&error),
     };
-    crate::telemetry::init(&settings.log.filter);
+    crate::telemetry::init(&settings.log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -101,7 +101,7 @@ pub async fn run(
     shutdown.requested().await;
     info!("shutdown requested; no new ticks will start");
     if let Err(error) = scheduler.shutdown().await {
-        warn!(error = %error, "job scheduler did not stop cleanly");
+        warn!(error = %format!("{:#}", anyhow::Error::new(error)), "job scheduler did not stop cleanly");
     }
 
     let deadline = tokio::time::Instant::now() + grace;
@@ -123,7 +123,7 @@ pub async fn run(
         match worker.release_claims().await {
             Ok(released) => info!(released, "claimed digests handed back for other processes"),
             Err(error) => {
-                warn!(error = %error, "failed to hand back claimed digests; they are sent once their lease expires")
+                warn!(error = %format!("{:#}", anyhow::Error::new(error)), "failed to hand back claimed digests; they are sent once their lease expires")
             }
         }
     }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::compose::Composer;
 use crate::config::Settings;
@@ -141,18 +141,33 @@ impl Worker {
         let span = info_span!("job", job = job.as_str(), run_id);
         async {
             info!(clock = %now.to_rfc3339(), "job run started");
-            match work.await {
+            let outcome = match work.await {
+                Ok(counts) => crate::runs::succeed(&self.pool, run_id, &counts)
+                    .await
+                    .map(|()| counts)
+                    .context("failed to record the end of the run"),
+                Err(failure) => Err(failure),
+            };
+            match outcome {
                 Ok(counts) => {
-                    crate::runs::succeed(&self.pool, run_id, &counts).await?;
                     let summary = serde_json::to_string(&counts).unwrap_or_default();
                     info!(counts = %summary, "job run finished");
                     Ok(counts)
                 }
                 Err(failure) => {
+                    // Logged here, once, because the daemon drops the error
+                    // after a tick.
                     error!(error = %format!("{failure:#}"), "job run failed");
-                    // The run's own error matters more than a failure to
-                    // record it, which the database outage usually explains.
-                    let _ = crate::runs::fail(&self.pool, run_id, &failure).await;
+                    if let Err(record_failure) =
+                        crate::runs::fail(&self.pool, run_id, &failure).await
+                    {
+                        // Usually the same outage that failed the run; the
+                        // row then stays `running`.
+                        warn!(
+                            error = %format!("{:#}", anyhow::Error::new(record_failure)),
+                            "failed to record the failed run"
+                        );
+                    }
                     Err(failure)
                 }
             }

@@ -9,6 +9,7 @@ mod benchmark;
 mod cli;
 mod delivery;
 mod flags;
+mod logs;
 mod message;
 mod processes;
 mod reminders;
