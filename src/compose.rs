@@ -70,6 +70,18 @@ impl Composer {
         sessions: &[DigestSession],
         now: DateTime<Utc>,
     ) -> anyhow::Result<Message> {
+        let rendered = self.render(recipient, sessions, now)?;
+        self.build(key, recipient, &rendered, now)
+    }
+
+    /// Renders the subject and both bodies of a digest, as [`Composer::digest`]
+    /// sends them.
+    pub fn render(
+        &self,
+        recipient: &Recipient,
+        sessions: &[DigestSession],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<RenderedDigest> {
         anyhow::ensure!(!sessions.is_empty(), "a digest needs at least one session");
 
         let zone = recipient.time_zone;
@@ -117,10 +129,25 @@ impl Composer {
             1 => "Reminder: 1 session is waiting for your invoice".to_owned(),
             count => format!("Reminder: {count} sessions are waiting for your invoice"),
         };
+        Ok(RenderedDigest {
+            subject,
+            text,
+            html,
+        })
+    }
+
+    /// Builds the message for a rendered digest, dated `now`.
+    pub fn build(
+        &self,
+        key: &str,
+        recipient: &Recipient,
+        rendered: &RenderedDigest,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Message> {
         let message = Message::builder()
             .from(self.from.clone())
             .to(recipient.mailbox.clone())
-            .subject(subject)
+            .subject(rendered.subject.clone())
             .message_id(Some(message_id(key, self.from.email.domain())))
             .date(now.into())
             .raw_header(HeaderValue::new(
@@ -132,17 +159,25 @@ impl Composer {
                     .singlepart(
                         SinglePart::builder()
                             .header(ContentType::TEXT_PLAIN)
-                            .body(text),
+                            .body(rendered.text.clone()),
                     )
                     .singlepart(
                         SinglePart::builder()
                             .header(ContentType::TEXT_HTML)
-                            .body(html),
+                            .body(rendered.html.clone()),
                     ),
             )
             .context("failed to build the digest message")?;
         Ok(message)
     }
+}
+
+/// The parts of a digest before they are put into a message.
+#[derive(Debug, Clone)]
+pub struct RenderedDigest {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
 }
 
 /// Writes a span as "5 days" or "36 hours" for the email text.

@@ -15,6 +15,7 @@
 //! - [`policy`] and [`recipient`] hold the rules as pure functions;
 //! - [`config`], [`db`], [`runs`], [`shutdown`] and [`telemetry`] are the plumbing;
 //!   [`dataset`] and [`demo`] provide the synthetic data and the demo;
+//! - [`status`], [`preview`] and [`check`] are the operator commands;
 //! - [`benchmark`] measures the reminder cycle at platform scale.
 //!
 //! The worker reads the platform's tables (providers, members, allotments,
@@ -22,6 +23,7 @@
 //! job_runs).
 
 pub mod benchmark;
+pub mod check;
 pub mod cli;
 pub mod compose;
 pub mod config;
@@ -34,9 +36,11 @@ pub mod flags;
 pub mod jobs;
 pub mod outbox;
 pub mod policy;
+pub mod preview;
 pub mod recipient;
 pub mod reminders;
 pub mod report;
 pub mod runs;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;

@@ -161,6 +161,17 @@ pub fn steward(database_url: &str) -> std::process::Command {
     command
 }
 
+/// Writes a configuration that sends through the SMTP server on `port` at
+/// 127.0.0.1, with `extra` TOML appended, and returns its path.
+pub fn smtp_config(dir: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    let contents = format!(
+        "[email]\ntransport = \"smtp\"\n\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntimeout = \"2s\"\nsend_timeout = \"5s\"\n{extra}"
+    );
+    std::fs::write(&path, contents).expect("write the configuration file");
+    path
+}
+
 /// Runs `command` and returns its exit status, standard output and
 /// standard error.
 pub fn output_of(

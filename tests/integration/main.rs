@@ -6,10 +6,13 @@ mod helpers;
 mod smtp;
 
 mod benchmark;
+mod check;
 mod cli;
 mod delivery;
 mod flags;
 mod logs;
 mod message;
+mod preview;
 mod processes;
 mod reminders;
+mod status;
