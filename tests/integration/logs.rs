@@ -31,7 +31,7 @@ fn json_events(stderr: &str) -> Vec<Value> {
         .collect()
 }
 
-fn find<'a>(events: &'a [Value], message: &str) -> &'a Value {
+fn event_with_message<'a>(events: &'a [Value], message: &str) -> &'a Value {
     events
         .iter()
         .find(|event| event["message"] == message)
@@ -44,12 +44,12 @@ async fn json_format_one_object_per_line(pool: PgPool) {
 
     assert!(status.success(), "run-once failed: {stderr}");
     let events = json_events(&stderr);
-    let started = find(&events, "job run started");
+    let started = event_with_message(&events, "job run started");
     assert_eq!(started["level"], "INFO");
     assert_eq!(started["span"]["job"], "flags");
     assert!(started["span"]["run_id"].is_number(), "run id: {started}");
     assert!(started["timestamp"].is_string(), "timestamp: {started}");
-    let finished = find(&events, "job run finished");
+    let finished = event_with_message(&events, "job run finished");
     assert_eq!(finished["level"], "INFO");
     let counts: Value = serde_json::from_str(
         finished["counts"]

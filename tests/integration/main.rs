@@ -13,6 +13,7 @@ mod flags;
 mod logs;
 mod message;
 mod preview;
+mod privacy;
 mod processes;
 mod reminders;
 mod status;
