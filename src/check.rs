@@ -269,12 +269,7 @@ async fn check_privileges(pool: &PgPool) -> CheckLine {
     let missing: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
         "SELECT required.table_name || ' (' || required.privilege || ')'
          FROM unnest($1::text[], $2::text[]) AS required(table_name, privilege)
-         WHERE NOT has_table_privilege(required.table_name, required.privilege)
-         UNION ALL
-         SELECT sequence_name || ' (USAGE)'
-         FROM unnest(ARRAY['reminders', 'flags', 'job_runs']) AS owner(table_name),
-              pg_get_serial_sequence(owner.table_name, 'id') AS sequence_name
-         WHERE NOT has_sequence_privilege(sequence_name, 'USAGE')",
+         WHERE NOT has_table_privilege(required.table_name, required.privilege)",
     )
     .bind(&tables)
     .bind(&privileges)

@@ -10,6 +10,7 @@ mod check;
 mod cli;
 mod delivery;
 mod flags;
+mod least_privilege;
 mod logs;
 mod message;
 mod preview;
