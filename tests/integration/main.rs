@@ -18,3 +18,4 @@ mod privacy;
 mod processes;
 mod reminders;
 mod status;
+mod systemd;
