@@ -13,7 +13,6 @@ use sqlx::PgPool;
 
 use crate::config::{Settings, TransportKind};
 use crate::dataset::DemoSize;
-use crate::db::ensure_migrated;
 use crate::email::Transport;
 use crate::flags::FlagKind;
 use crate::http;
@@ -62,6 +61,32 @@ enum Command {
     Demo(DemoArgs),
     /// Support's report of flags, or `ack` and `resolve` to act on one.
     Flags(FlagsArgs),
+    /// Show each job's last and next run and the outbox backlog.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+        format: StatusFormat,
+        /// The instant to report at, in RFC 3339. Defaults to the current time.
+        #[arg(long, value_parser = parse_instant)]
+        now: Option<DateTime<Utc>>,
+    },
+    /// Print the digest the reminder job would send a provider, without sending or recording it.
+    Preview {
+        /// Id of the provider in the providers table.
+        #[arg(long, value_name = "ID")]
+        provider: i64,
+        /// The instant the job would run at, in RFC 3339. Defaults to the current time.
+        #[arg(long, value_parser = parse_instant)]
+        now: Option<DateTime<Utc>>,
+    },
+    /// Check the configuration, templates, database and mail transport; send nothing.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatusFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -162,9 +187,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
-        Err(error) => return report_failure(&error),
+        Err(error) => {
+            if matches!(cli.command, Command::Check) {
+                let line = crate::check::configuration_failed(&error);
+                let _ = crate::check::write(&mut std::io::stdout(), &[line]);
+            }
+            return report_failure(&error);
+        }
     };
-    crate::telemetry::init(&settings.log.filter);
+    crate::telemetry::init(&settings.log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -210,6 +241,20 @@ fn report_failure(error: &anyhow::Error) -> ExitCode {
 async fn execute(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => crate::demo::run(&settings, demo_options(args)).await,
+        Command::Check => {
+            let source = match &cli.config {
+                Some(path) => format!("loaded from {}", path.display()),
+                None => "defaults and SESSION_STEWARD_ variables, no file".to_owned(),
+            };
+            let database = connect(cli.database_url.as_deref(), &settings).await;
+            let lines = crate::check::run(&settings, &source, database).await;
+            crate::check::write(&mut std::io::stdout().lock(), &lines)?;
+            let failed = lines.iter().filter(|line| line.is_failure()).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} checks failed", lines.len());
+            }
+            Ok(())
+        }
         command => {
             let pool = connect(cli.database_url.as_deref(), &settings).await?;
             match command {
@@ -223,7 +268,13 @@ async fn execute(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                     run_once(pool, &settings, job, now.unwrap_or_else(Utc::now)).await
                 }
                 Command::Flags(args) => flags_command(&pool, args).await,
-                Command::Demo(_) => unreachable!("demo is handled above"),
+                Command::Status { format, now } => {
+                    status_command(&pool, &settings, format, now.unwrap_or_else(Utc::now)).await
+                }
+                Command::Preview { provider, now } => {
+                    preview_command(&pool, &settings, provider, now.unwrap_or_else(Utc::now)).await
+                }
+                Command::Demo(_) | Command::Check => unreachable!("handled above"),
             }
         }
     }
@@ -266,7 +317,7 @@ async fn build_worker(
 }
 
 async fn run_daemon(pool: PgPool, settings: &Settings) -> anyhow::Result<()> {
-    ensure_migrated(&pool).await?;
+    crate::db::ensure_migrated(&pool).await?;
     let worker = build_worker(pool, settings, settings.daemon_transport()).await?;
     let grace = settings.daemon.shutdown_grace.to_std();
 
@@ -304,7 +355,7 @@ async fn run_once(
     job: JobChoice,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    ensure_migrated(&pool).await?;
+    crate::db::ensure_migrated(&pool).await?;
     let worker = build_worker(pool, settings, settings.daemon_transport()).await?;
     let mut out = std::io::stdout().lock();
     if matches!(job, JobChoice::Reminders | JobChoice::All) {
@@ -332,8 +383,34 @@ async fn run_once(
     Ok(())
 }
 
+async fn status_command(
+    pool: &PgPool,
+    settings: &Settings,
+    format: StatusFormat,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    crate::db::ensure_migrated(pool).await?;
+    let status = crate::status::load(pool, settings, now).await?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        StatusFormat::Table => crate::status::write_table(&mut out, &status),
+        StatusFormat::Json => crate::status::write_json(&mut out, &status),
+    }
+}
+
+async fn preview_command(
+    pool: &PgPool,
+    settings: &Settings,
+    provider_id: i64,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    crate::db::ensure_migrated(pool).await?;
+    let preview = crate::preview::preview(pool, settings, provider_id, now).await?;
+    crate::preview::write(&mut std::io::stdout().lock(), &preview, now)
+}
+
 async fn flags_command(pool: &PgPool, args: FlagsArgs) -> anyhow::Result<()> {
-    ensure_migrated(pool).await?;
+    crate::db::ensure_migrated(pool).await?;
     // PostgreSQL keeps microseconds; rounding here lets `now` compare equal
     // to what it stores.
     let now = Utc::now().trunc_subsecs(6);

@@ -111,6 +111,18 @@ impl Composer {
         sessions: &[DigestSession],
         now: DateTime<Utc>,
     ) -> anyhow::Result<Message> {
+        let rendered = self.render(recipient, sessions, now)?;
+        self.build(key, recipient, &rendered, now)
+    }
+
+    /// Renders the subject and both bodies of a digest, as [`Composer::digest`]
+    /// sends them.
+    pub fn render(
+        &self,
+        recipient: &Recipient,
+        sessions: &[DigestSession],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<RenderedDigest> {
         anyhow::ensure!(!sessions.is_empty(), "a digest needs at least one session");
 
         let zone = recipient.time_zone;
@@ -145,19 +157,32 @@ impl Composer {
             support_address => self.support.email.to_string(),
             reminder_after => self.reminder_after,
         };
-        let body = self.render_alternative(TEXT_TEMPLATE, HTML_TEMPLATE, &values)?;
+        let (text, html) = self.render_pair(TEXT_TEMPLATE, HTML_TEMPLATE, &values)?;
 
         let subject = match sessions.len() {
             1 => "Reminder: 1 session is waiting for your invoice".to_owned(),
             count => format!("Reminder: {count} sessions are waiting for your invoice"),
         };
-        let message = self
-            .message_builder(key, now)
+        Ok(RenderedDigest {
+            subject,
+            text,
+            html,
+        })
+    }
+
+    /// Builds the message for a rendered digest, dated `now`.
+    pub fn build(
+        &self,
+        key: &str,
+        recipient: &Recipient,
+        rendered: &RenderedDigest,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Message> {
+        self.message_builder(key, now)
             .to(recipient.mailbox.clone())
-            .subject(subject)
-            .multipart(body)
-            .context("failed to build the digest message")?;
-        Ok(message)
+            .subject(rendered.subject.clone())
+            .multipart(alternative(rendered.text.clone(), rendered.html.clone()))
+            .context("failed to build the digest message")
     }
 
     /// Builds the support digest for `support_digest.recipients`, with every
@@ -197,8 +222,9 @@ impl Composer {
             page_url => self.support_page_url,
             attachment_name,
         };
-        let body =
-            self.render_alternative(SUPPORT_TEXT_TEMPLATE, SUPPORT_HTML_TEMPLATE, &values)?;
+        let (text, html) =
+            self.render_pair(SUPPORT_TEXT_TEMPLATE, SUPPORT_HTML_TEMPLATE, &values)?;
+        let body = alternative(text, html);
         let csv_type =
             ContentType::parse("text/csv; charset=utf-8").expect("a constant, valid content type");
         let attachment = Attachment::new(attachment_name).body(digest.csv.clone(), csv_type);
@@ -230,28 +256,33 @@ impl Composer {
             ))
     }
 
-    /// Renders a pair of templates into a multipart/alternative body, plain
-    /// text first.
-    fn render_alternative(
+    /// Renders a pair of templates with the same values: plain text, HTML.
+    fn render_pair(
         &self,
         text_template: &str,
         html_template: &str,
         values: &minijinja::Value,
-    ) -> anyhow::Result<MultiPart> {
+    ) -> anyhow::Result<(String, String)> {
         let text = self.templates.get_template(text_template)?.render(values)?;
         let html = self.templates.get_template(html_template)?.render(values)?;
-        Ok(MultiPart::alternative()
-            .singlepart(
-                SinglePart::builder()
-                    .header(ContentType::TEXT_PLAIN)
-                    .body(text),
-            )
-            .singlepart(
-                SinglePart::builder()
-                    .header(ContentType::TEXT_HTML)
-                    .body(html),
-            ))
+        Ok((text, html))
     }
+}
+
+/// Puts a plain text and an HTML body into a multipart/alternative body,
+/// plain text first.
+fn alternative(text: String, html: String) -> MultiPart {
+    MultiPart::alternative()
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(text),
+        )
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(html),
+        )
 }
 
 fn new_flag_view(flag: &NewFlag) -> NewFlagView {
@@ -264,6 +295,14 @@ fn new_flag_view(flag: &NewFlag) -> NewFlagView {
             .map_or_else(|| "unknown".to_owned(), |date| date.to_string()),
         member_ref: flag.member_ref.clone(),
     }
+}
+
+/// The parts of a digest before they are put into a message.
+#[derive(Debug, Clone)]
+pub struct RenderedDigest {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
 }
 
 /// Writes a span as "5 days" or "36 hours" for the email text.

@@ -372,14 +372,26 @@ pub struct LogSettings {
     /// A `tracing` filter such as `info` or `session_steward=debug`.
     /// `RUST_LOG` takes precedence.
     pub filter: String,
+    /// Layout of each log line on standard error.
+    pub format: LogFormat,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
             filter: "info,tokio_cron_scheduler=warn,sqlx::postgres::notice=warn".to_owned(),
+            format: LogFormat::Text,
         }
     }
+}
+
+/// Layout of log lines: `text` for a terminal, `json` (one object per line)
+/// for a log collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Settings {

@@ -107,7 +107,7 @@ pub async fn run(
     shutdown.requested().await;
     info!("shutdown requested; no new ticks will start");
     if let Err(error) = scheduler.shutdown().await {
-        warn!(error = %error, "job scheduler did not stop cleanly");
+        warn!(error = %format!("{:#}", anyhow::Error::new(error)), "job scheduler did not stop cleanly");
     }
 
     let deadline = tokio::time::Instant::now() + grace;
@@ -129,7 +129,7 @@ pub async fn run(
         match worker.release_claims().await {
             Ok(released) => info!(released, "claimed digests handed back for other processes"),
             Err(error) => {
-                warn!(error = %error, "failed to hand back claimed digests; they are sent once their lease expires")
+                warn!(error = %format!("{:#}", anyhow::Error::new(error)), "failed to hand back claimed digests; they are sent once their lease expires")
             }
         }
     }
@@ -183,4 +183,16 @@ pub async fn shutdown_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
+}
+
+/// Parses a cron expression with the options tokio-cron-scheduler 0.15
+/// uses: seconds first, and a day must match both the day-of-month and the
+/// weekday field. Code that computes when a tick happens parses with this,
+/// so its instants are the ones the scheduler ticks at.
+pub fn parse_schedule(expression: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expression)
 }

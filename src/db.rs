@@ -89,40 +89,72 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("failed to apply migrations")
 }
 
-/// Counts the embedded migrations that the database has not applied
-/// successfully. A database without sqlx's `_sqlx_migrations` table has
-/// applied none; any other error, such as a lost connection, is returned.
-pub async fn pending_migrations(pool: &PgPool) -> sqlx::Result<usize> {
-    let applied: Vec<i64> = match sqlx::query_scalar(
-        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+/// Differences between the migrations recorded in the database and the embedded ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// Embedded migrations the database has not applied successfully.
+    pub missing: Vec<i64>,
+    /// Applied migrations whose file changed since they were applied.
+    pub modified: Vec<i64>,
+    /// Applied migrations this binary does not have, from a newer release.
+    pub unknown: Vec<i64>,
+}
+
+/// Compares `_sqlx_migrations` with the embedded migrations. A database
+/// without that table has applied none.
+pub async fn migration_status(pool: &PgPool) -> anyhow::Result<MigrationStatus> {
+    let applied: Vec<(i64, bool, Vec<u8>)> = match sqlx::query_as(
+        "SELECT version, success, checksum FROM _sqlx_migrations",
     )
     .fetch_all(pool)
     .await
     {
-        Ok(applied) => applied,
+        Ok(rows) => rows,
         Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(UNDEFINED_TABLE) => {
             Vec::new()
         }
-        Err(error) => return Err(error),
+        Err(error) => {
+            return Err(anyhow::Error::new(error).context(
+                    "failed to read _sqlx_migrations; the database role needs SELECT on it (see deploy/least-privilege.sql)",
+                ));
+        }
     };
-    Ok(MIGRATOR
+
+    let mut status = MigrationStatus::default();
+    for migration in MIGRATOR.iter() {
+        match applied
+            .iter()
+            .find(|(version, ..)| *version == migration.version)
+        {
+            Some((_, true, checksum)) if *checksum != *migration.checksum => {
+                status.modified.push(migration.version);
+            }
+            Some((_, true, _)) => {}
+            _ => status.missing.push(migration.version),
+        }
+    }
+    status.unknown = applied
         .iter()
-        .filter(|migration| !applied.contains(&migration.version))
-        .count())
+        .map(|(version, ..)| *version)
+        .filter(|version| {
+            !MIGRATOR
+                .iter()
+                .any(|migration| migration.version == *version)
+        })
+        .collect();
+    Ok(status)
 }
 
-/// SQLSTATE of "relation does not exist".
+/// SQLSTATE of a reference to a table that does not exist.
 const UNDEFINED_TABLE: &str = "42P01";
 
 /// Fails with a clear message when the schema is missing or behind, so
-/// the daemon never runs against tables it does not expect.
+/// the worker never runs against tables it does not expect.
 pub async fn ensure_migrated(pool: &PgPool) -> anyhow::Result<()> {
-    let missing = pending_migrations(pool)
-        .await
-        .context("failed to read the applied migrations")?;
+    let missing = migration_status(pool).await?.missing.len();
     if missing > 0 {
         anyhow::bail!(
-            "the database is missing {missing} migration(s); run `session-steward migrate` first"
+            "the database is missing {missing} migration(s); run `session-steward migrate` first, as the owner of the tables"
         );
     }
     Ok(())

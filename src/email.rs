@@ -34,6 +34,13 @@ impl SendError {
             SendError::Transient { code, .. } | SendError::Permanent { code, .. } => *code,
         }
     }
+
+    /// Returns the failure's text without the transient or permanent label.
+    pub fn detail(&self) -> &str {
+        match self {
+            SendError::Transient { detail, .. } | SendError::Permanent { detail, .. } => detail,
+        }
+    }
 }
 
 /// Destination of outgoing messages.
@@ -95,6 +102,16 @@ impl Transport {
         match self {
             Transport::Smtp(_) => "SMTP".to_owned(),
             Transport::File(outbox) => format!("files in {}", outbox.directory.display()),
+        }
+    }
+
+    /// Checks that the transport could deliver, without sending anything:
+    /// the SMTP steps before a message, or a test file written to and
+    /// removed from the output directory. Returns what passed.
+    pub async fn check(&self) -> Result<String, TransportCheckError> {
+        match self {
+            Transport::Smtp(sender) => sender.check().await,
+            Transport::File(outbox) => outbox.check().await,
         }
     }
 
@@ -162,7 +179,7 @@ impl SmtpSender {
     async fn send_on_connection(&self, message: &Message) -> Result<(), SendError> {
         let mut connection = match self.take_idle().await {
             Some(connection) => connection,
-            None => self.connect().await?,
+            None => self.connect().await.map_err(|(_, error)| error)?,
         };
         match connection
             .send(message.envelope(), &message.formatted())
@@ -205,8 +222,11 @@ impl SmtpSender {
         }
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+    /// Opens a connection ready for a message: greeting, EHLO, STARTTLS and
+    /// login as configured. A failure names the step that failed.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, (SmtpStep, SendError)> {
         let config = &*self.config;
+        let failed_at = |step: SmtpStep| move |error| (step, classify_smtp_error(error));
         let mut connection = if config.tls == TlsMode::Tls {
             // Implicit TLS goes through lettre's own connector, which does
             // not set TCP_NODELAY.
@@ -218,26 +238,62 @@ impl SmtpSender {
                 None,
             )
             .await
-            .map_err(classify_smtp_error)?
+            .map_err(failed_at(SmtpStep::Connect))?
         } else {
-            let stream = self.connect_tcp().await?;
+            let stream = self
+                .connect_tcp()
+                .await
+                .map_err(|error| (SmtpStep::Connect, error))?;
             AsyncSmtpConnection::connect_with_transport(Box::new(stream), &config.hello)
                 .await
-                .map_err(classify_smtp_error)?
+                .map_err(failed_at(SmtpStep::Greeting))?
         };
         if let (TlsMode::Starttls, Some(parameters)) = (config.tls, &config.tls_parameters) {
             connection
                 .starttls(parameters.clone(), &config.hello)
                 .await
-                .map_err(classify_smtp_error)?;
+                .map_err(failed_at(SmtpStep::Starttls))?;
         }
         if let Some(credentials) = &config.credentials {
             connection
                 .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(classify_smtp_error)?;
+                .map_err(failed_at(SmtpStep::Login))?;
         }
         Ok(connection)
+    }
+
+    /// Runs every step before a message (greeting, EHLO, STARTTLS and login
+    /// as configured), then QUIT, within `smtp.send_timeout`. Returns the
+    /// steps that passed.
+    async fn check(&self) -> Result<String, TransportCheckError> {
+        let config = &*self.config;
+        let timeout = config.send_timeout;
+        let mut connection = match tokio::time::timeout(timeout, self.connect()).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err((step, error))) => return Err(TransportCheckError::Smtp { step, error }),
+            Err(_) => return Err(TransportCheckError::TimedOut(timeout)),
+        };
+        // The check has passed once login succeeded, so a server that drops
+        // the connection instead of replying to QUIT changes nothing.
+        let _ = tokio::time::timeout(timeout, connection.quit()).await;
+
+        let mut steps = vec!["greeting and EHLO"];
+        if config.tls == TlsMode::Starttls {
+            steps.push("STARTTLS");
+        }
+        if config.tls == TlsMode::Tls {
+            steps.push("implicit TLS");
+        }
+        if config.credentials.is_some() {
+            steps.push("login");
+        }
+        Ok(format!(
+            "{} accepted by {}:{}; no message sent",
+            steps.join(", "),
+            config.host,
+            config.port
+        ))
     }
 
     async fn connect_tcp(&self) -> Result<tokio::net::TcpStream, SendError> {
@@ -261,6 +317,59 @@ impl SmtpSender {
             .map_err(|error| transient(format!("failed to set TCP_NODELAY: {error}")))?;
         Ok(stream)
     }
+}
+
+/// A step of opening an SMTP connection, named in a failed check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpStep {
+    Connect,
+    Greeting,
+    Starttls,
+    Login,
+}
+
+impl SmtpStep {
+    /// Describes the step and what an operator should look at when it fails.
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            SmtpStep::Connect => (
+                "connection",
+                "check smtp.host, smtp.port, smtp.tls and that the server is reachable from this host",
+            ),
+            SmtpStep::Greeting => (
+                "greeting or EHLO",
+                "check that smtp.port is an SMTP port and smtp.tls matches it (\"tls\" for port 465)",
+            ),
+            SmtpStep::Starttls => (
+                "STARTTLS",
+                "check that the server offers STARTTLS with a certificate valid for smtp.host, or change smtp.tls",
+            ),
+            SmtpStep::Login => (
+                "login",
+                "check smtp.username and the password in SESSION_STEWARD_SMTP__PASSWORD",
+            ),
+        }
+    }
+}
+
+/// A transport that cannot deliver, found by [`Transport::check`].
+#[derive(Debug, thiserror::Error)]
+pub enum TransportCheckError {
+    #[error("SMTP {} failed: {}; {}", step.describe().0, error.detail(), step.describe().1)]
+    Smtp { step: SmtpStep, error: SendError },
+    #[error(
+        "SMTP server did not finish greeting, EHLO, STARTTLS and login within smtp.send_timeout ({} s); check that smtp.host and smtp.port point at an SMTP server",
+        .0.as_secs()
+    )]
+    TimedOut(Duration),
+    #[error(
+        "file transport directory {} is not writable: {error}; create it or give this user write access, or set file.directory",
+        directory.display()
+    )]
+    Directory {
+        directory: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Reply codes that reject the recipient's mailbox itself (RFC 5321:
@@ -298,6 +407,28 @@ impl FileOutbox {
         Self {
             directory: directory.to_owned(),
         }
+    }
+
+    async fn check(&self) -> Result<String, TransportCheckError> {
+        let directory_error = |error| TransportCheckError::Directory {
+            directory: self.directory.clone(),
+            error,
+        };
+        tokio::fs::create_dir_all(&self.directory)
+            .await
+            .map_err(directory_error)?;
+        // Dot files are what `write` uses for partial messages, so a reader
+        // of the folder skips this one too.
+        let probe = self
+            .directory
+            .join(format!(".session-steward-check-{}", std::process::id()));
+        tokio::fs::write(&probe, b"")
+            .await
+            .map_err(directory_error)?;
+        tokio::fs::remove_file(&probe)
+            .await
+            .map_err(directory_error)?;
+        Ok(format!("{} is writable", self.directory.display()))
     }
 
     async fn write(&self, key: &str, message: &Message) -> Result<(), SendError> {

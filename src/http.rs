@@ -144,9 +144,13 @@ pub async fn check_ready(pool: &PgPool) -> Result<(), String> {
             .execute(pool)
             .await
             .map_err(|error| one_line(&format!("database unavailable: {error}")))?;
-        let missing = crate::db::pending_migrations(pool).await.map_err(|error| {
-            one_line(&format!("failed to read the applied migrations: {error}"))
-        })?;
+        let missing = crate::db::migration_status(pool)
+            .await
+            .map_err(|error| {
+                one_line(&format!("failed to read the applied migrations: {error:#}"))
+            })?
+            .missing
+            .len();
         if missing > 0 {
             return Err(format!(
                 "database is missing {missing} migration(s); run `session-steward migrate`"

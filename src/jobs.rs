@@ -178,7 +178,7 @@ impl Worker {
     }
 
     /// Runs `work` as one run of `job`, counts it in the metrics, then
-    /// refreshes the gauges, whether the run succeeded or not.
+    /// refreshes the gauges if the run succeeded.
     async fn record<T: Serialize>(
         &self,
         job: JobName,
@@ -189,10 +189,18 @@ impl Worker {
         let result = self.record_run(job, now, work).await;
         self.metrics
             .observe_job_run(job, result.is_ok(), started.elapsed());
+        // After a failed run the gauges keep their values: the query would
+        // most likely fail for the same cause, which is already logged.
         let policy = &self.planner.policy;
-        if let Err(error) = self.metrics.refresh_gauges(&self.pool, policy, now).await {
+        if result.is_ok()
+            && let Err(error) = self.metrics.refresh_gauges(&self.pool, policy, now).await
+        {
             // The gauges keep their last values; the next tick tries again.
-            warn!(job = job.as_str(), error = %error, "failed to refresh the metrics gauges");
+            warn!(
+                job = job.as_str(),
+                error = format!("{error:#}"),
+                "failed to refresh the metrics gauges"
+            );
         }
         result
     }
@@ -218,18 +226,33 @@ impl Worker {
         let span = info_span!("job", job = job.as_str(), run_id);
         async {
             info!(clock = %now.to_rfc3339(), "job run started");
-            match work.await {
+            let outcome = match work.await {
+                Ok(counts) => crate::runs::succeed(&self.pool, run_id, &counts)
+                    .await
+                    .map(|()| counts)
+                    .context("failed to record the end of the run"),
+                Err(failure) => Err(failure),
+            };
+            match outcome {
                 Ok(counts) => {
-                    crate::runs::succeed(&self.pool, run_id, &counts).await?;
                     let summary = serde_json::to_string(&counts).unwrap_or_default();
                     info!(counts = %summary, "job run finished");
                     Ok(counts)
                 }
                 Err(failure) => {
+                    // Logged here, once, because the daemon drops the error
+                    // after a tick.
                     error!(error = %format!("{failure:#}"), "job run failed");
-                    // The run's own error matters more than a failure to
-                    // record it, which the database outage usually explains.
-                    let _ = crate::runs::fail(&self.pool, run_id, &failure).await;
+                    if let Err(record_failure) =
+                        crate::runs::fail(&self.pool, run_id, &failure).await
+                    {
+                        // Usually the same outage that failed the run; the
+                        // row then stays `running`.
+                        warn!(
+                            error = %format!("{:#}", anyhow::Error::new(record_failure)),
+                            "failed to record the failed run"
+                        );
+                    }
                     Err(failure)
                 }
             }

@@ -19,6 +19,7 @@
 //!   serves the metrics and the health checks for `run`;
 //! - [`config`], [`db`], [`runs`], [`shutdown`] and [`telemetry`] are the plumbing;
 //!   [`dataset`] and [`demo`] provide the synthetic data and the demo;
+//! - [`status`], [`preview`] and [`check`] are the operator commands;
 //! - [`benchmark`] measures the reminder cycle at platform scale.
 //!
 //! The worker reads the platform's tables (providers, members, allotments,
@@ -26,6 +27,7 @@
 //! support_digests, flags, job_runs).
 
 pub mod benchmark;
+pub mod check;
 pub mod cli;
 pub mod compose;
 pub mod config;
@@ -40,11 +42,13 @@ pub mod jobs;
 pub mod metrics;
 pub mod outbox;
 pub mod policy;
+pub mod preview;
 pub mod recipient;
 pub mod reminders;
 pub mod report;
 pub mod runs;
 pub mod shutdown;
+pub mod status;
 pub mod support_digest;
 pub mod support_page;
 pub mod telemetry;

@@ -124,7 +124,7 @@ impl Metrics {
 
         // Counters start at zero for every job and outcome, so rate() and
         // increase() see the first run.
-        for job in [JobName::Reminders, JobName::Flags] {
+        for job in [JobName::Reminders, JobName::Flags, JobName::SupportDigest] {
             for outcome in ["succeeded", "failed"] {
                 let labels = JobRunLabels {
                     job: job.as_str(),

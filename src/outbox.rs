@@ -217,11 +217,23 @@ impl Deliverer {
         )
         .await;
 
+        // The first error fails the pass and is logged with the job run;
+        // any others would be lost, so they are logged here.
         let mut counts = DeliveryCounts::default();
+        let mut first_error = None;
         for result in results {
-            counts.add(&result?);
+            match result {
+                Ok(sender_counts) => counts.add(&sender_counts),
+                Err(error) if first_error.is_none() => first_error = Some(error),
+                Err(error) => {
+                    warn!(error = %format!("{error:#}"), "another sender failed in the same pass")
+                }
+            }
         }
-        Ok(counts)
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(counts),
+        }
     }
 
     /// Runs one sender, which claims batches until none is due, shutdown is

@@ -348,3 +348,57 @@ async fn record_digests(
     counts.timings.recording += started.elapsed();
     Ok(())
 }
+
+/// A digest that the planner would record, as [`Planner::plan_provider_at`]
+/// returns it.
+#[derive(Debug, Clone)]
+pub struct DigestPlan {
+    pub key: String,
+    pub local_date: NaiveDate,
+    /// The provider's local midnight that began `local_date`, in UTC.
+    pub local_day_start: DateTime<Utc>,
+    /// The sessions in the digest, oldest first.
+    pub session_ids: Vec<i64>,
+}
+
+impl Planner {
+    /// Decides, as a scan at `now` would, whether `provider_id` is due a
+    /// digest, without recording anything. When it is not, the counts give
+    /// the reason. Only reads, so it can run in a read-only transaction.
+    ///
+    /// This does not check the outbox for a digest already recorded or sent
+    /// on that local day, which `record_digests` does when it inserts.
+    pub async fn plan_provider_at(
+        &self,
+        connection: &mut sqlx::PgConnection,
+        provider_id: i64,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<(Option<DigestPlan>, PlanCounts)> {
+        let statement = format!(
+            "SELECT * FROM ({OVERDUE_SCAN}) scan WHERE scan.id = $3 ORDER BY scan.ends_at, scan.session_id"
+        );
+        let rows: Vec<OverdueRow> = sqlx::query_as(&statement)
+            .bind(self.policy.overdue_cutoff(now))
+            .bind(self.policy.escalation_cutoff(now))
+            .bind(provider_id)
+            .fetch_all(&mut *connection)
+            .await?;
+
+        let mut counts = PlanCounts {
+            overdue_sessions: rows.len() as u64,
+            ..PlanCounts::default()
+        };
+        if rows.is_empty() {
+            return Ok((None, counts));
+        }
+        let plan = self
+            .plan_provider(now, &rows, &mut counts)
+            .map(|digest| DigestPlan {
+                key: digest_key(digest.provider_id, digest.local_date),
+                local_date: digest.local_date,
+                local_day_start: digest.local_day_start,
+                session_ids: digest.items.iter().map(|item| item.session_id).collect(),
+            });
+        Ok((plan, counts))
+    }
+}

@@ -235,13 +235,25 @@ pub fn write_table(out: &mut impl Write, rows: &[ReportRow]) -> anyhow::Result<(
             ]
         })
         .collect();
+    write_columns(out, &header, &lines)?;
+    writeln!(out, "{} flag(s)", rows.len())?;
+    Ok(())
+}
+
+/// Writes `header` and `rows` as left-aligned columns two spaces apart,
+/// each as wide as its widest cell.
+pub fn write_columns<const N: usize>(
+    out: &mut impl Write,
+    header: &[&str; N],
+    rows: &[[String; N]],
+) -> std::io::Result<()> {
     let mut widths = header.map(|title| title.chars().count());
-    for line in &lines {
-        for (width, cell) in widths.iter_mut().zip(line) {
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let write_line = |out: &mut dyn Write, cells: Vec<&str>| -> std::io::Result<()> {
+    let mut write_row = |cells: Vec<&str>| {
         let padded: Vec<String> = cells
             .iter()
             .zip(widths)
@@ -249,11 +261,10 @@ pub fn write_table(out: &mut impl Write, rows: &[ReportRow]) -> anyhow::Result<(
             .collect();
         writeln!(out, "{}", padded.join("  ").trim_end())
     };
-    write_line(out, header.to_vec())?;
-    for line in &lines {
-        write_line(out, line.iter().map(String::as_str).collect())?;
+    write_row(header.to_vec())?;
+    for row in rows {
+        write_row(row.iter().map(String::as_str).collect())?;
     }
-    writeln!(out, "{} flag(s)", rows.len())?;
     Ok(())
 }
 

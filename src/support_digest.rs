@@ -10,7 +10,6 @@
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use croner::Cron;
-use croner::parser::{CronParser, Seconds};
 use serde::Serialize;
 use sqlx::PgPool;
 use tracing::{debug, info};
@@ -137,15 +136,10 @@ impl Recorder {
     }
 }
 
-/// Parses a schedule the way tokio-cron-scheduler 0.15 does, so the slots
-/// computed here are the instants the daemon ticks at.
+/// Parses the schedule as the daemon does, so the slots computed here are
+/// the instants it ticks at.
 fn parse_schedule(expression: &str) -> anyhow::Result<Cron> {
-    CronParser::builder()
-        .seconds(Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(expression)
-        .with_context(|| {
+    crate::daemon::parse_schedule(expression).with_context(|| {
             format!("invalid support_digest.schedule \"{expression}\"; use six fields with seconds first, such as \"0 0 8 * * Mon-Fri\"")
         })
 }

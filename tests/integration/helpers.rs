@@ -141,3 +141,46 @@ pub async fn drop_database(name: &str) {
         .await
         .expect("drop the database");
 }
+
+/// Path of the binary under test.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_session-steward");
+
+/// Returns a command that runs the binary on `database_url`. The test's
+/// own `SESSION_STEWARD_` variables and `RUST_LOG` are removed, so only the
+/// arguments configure the child.
+pub fn steward(database_url: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(BINARY);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SESSION_STEWARD_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env_remove("RUST_LOG")
+        .env("DATABASE_URL", database_url);
+    command
+}
+
+/// Writes a configuration that sends through the SMTP server on `port` at
+/// 127.0.0.1, with `extra` TOML appended, and returns its path.
+pub fn smtp_config(dir: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    let contents = format!(
+        "[email]\ntransport = \"smtp\"\n\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntimeout = \"2s\"\nsend_timeout = \"5s\"\n{extra}"
+    );
+    std::fs::write(&path, contents).expect("write the configuration file");
+    path
+}
+
+/// Runs `command` and returns its exit status, standard output and
+/// standard error.
+pub fn output_of(
+    command: &mut std::process::Command,
+) -> (std::process::ExitStatus, String, String) {
+    let output = command.output().expect("run the binary");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

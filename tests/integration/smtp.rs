@@ -193,3 +193,95 @@ fn start_raw_listener(handle: fn(std::net::TcpStream)) -> u16 {
     });
     port
 }
+
+/// A listener that speaks just enough SMTP to test a login: it greets,
+/// offers AUTH PLAIN, accepts one username and password and rejects others
+/// with 535. mailin-embedded offers AUTH only over TLS.
+pub struct LoginListener {
+    pub port: u16,
+    /// MAIL commands received, which a check must never send.
+    mail_commands: Arc<AtomicUsize>,
+}
+
+impl LoginListener {
+    pub fn start(username: &str, password: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+        let port = listener
+            .local_addr()
+            .expect("bound listener has an address")
+            .port();
+        let accepted = format!(
+            "AUTH PLAIN {}",
+            base64(&format!("\0{username}\0{password}"))
+        );
+        let mail_commands = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&mail_commands);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let accepted = accepted.clone();
+                let counter = Arc::clone(&counter);
+                std::thread::spawn(move || serve_login(stream, &accepted, &counter));
+            }
+        });
+        Self {
+            port,
+            mail_commands,
+        }
+    }
+
+    pub fn mail_commands(&self) -> usize {
+        self.mail_commands.load(Ordering::SeqCst)
+    }
+}
+
+fn serve_login(stream: std::net::TcpStream, accepted: &str, mail_commands: &AtomicUsize) {
+    use std::io::{BufRead, BufReader, Write};
+
+    let mut writer = stream.try_clone().expect("clone the stream");
+    let reader = BufReader::new(stream);
+    let _ = writer.write_all(b"220 login-test ESMTP\r\n");
+    for line in reader.lines() {
+        let Ok(line) = line else { return };
+        let command = line.to_ascii_uppercase();
+        let reply: &[u8] = if command.starts_with("EHLO") {
+            b"250-login-test\r\n250 AUTH PLAIN\r\n"
+        } else if command.starts_with("AUTH") && line == accepted {
+            b"235 2.7.0 accepted\r\n"
+        } else if command.starts_with("AUTH") {
+            b"535 5.7.8 invalid credentials\r\n"
+        } else if command.starts_with("MAIL") {
+            mail_commands.fetch_add(1, Ordering::SeqCst);
+            b"250 ok\r\n"
+        } else if command.starts_with("QUIT") {
+            let _ = writer.write_all(b"221 bye\r\n");
+            return;
+        } else {
+            b"502 not implemented\r\n"
+        };
+        if writer.write_all(reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Encodes `text` as standard base64 with padding, as AUTH PLAIN sends it.
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut encoded = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let bytes = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let bits = u32::from(bytes[0]) << 16 | u32::from(bytes[1]) << 8 | u32::from(bytes[2]);
+        for index in 0..4 {
+            if index <= chunk.len() {
+                encoded.push(ALPHABET[(bits >> (18 - 6 * index) & 63) as usize] as char);
+            } else {
+                encoded.push('=');
+            }
+        }
+    }
+    encoded
+}
