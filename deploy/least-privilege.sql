@@ -61,7 +61,7 @@ GRANT SELECT ON providers, members, allotments, sessions, allotment_balances TO 
 -- The worker's own tables and the sequences of their ids. It never
 -- deletes a row. PostgreSQL 15 draws identity values without USAGE on the
 -- sequence, so that grant only matters if an id column becomes serial.
-GRANT SELECT, INSERT, UPDATE ON reminders, reminder_items, flags, job_runs TO :"role";
+GRANT SELECT, INSERT, UPDATE ON reminders, reminder_items, support_digests, flags, job_runs TO :"role";
 SELECT format('GRANT USAGE ON SEQUENCE %s TO %I', pg_get_serial_sequence(owner_table, 'id'), :'role')
 FROM unnest(ARRAY['reminders', 'flags', 'job_runs']) AS owner_table
 \gexec

@@ -248,7 +248,13 @@ const PLATFORM_TABLES: [&str; 5] = [
 ];
 
 /// The worker's own tables, which the jobs read and write.
-const WORKER_TABLES: [&str; 4] = ["reminders", "reminder_items", "flags", "job_runs"];
+const WORKER_TABLES: [&str; 5] = [
+    "reminders",
+    "reminder_items",
+    "support_digests",
+    "flags",
+    "job_runs",
+];
 
 /// Checks that the connected role has every privilege the jobs use, so
 /// a missing grant shows up here rather than in the first tick.

@@ -114,7 +114,11 @@ async fn role_runs_every_command(pool: PgPool) {
     let provider_id = seed(&pool, now).await;
     let server = SmtpServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = smtp_config(dir.path(), server.port, "");
+    let config = smtp_config(
+        dir.path(),
+        server.port,
+        "\n[support_digest]\nrecipients = [\"support@example.org\"]\n",
+    );
     let role = TestRole::new(&database_url(&pool).await);
     let at = |instant: DateTime<Utc>| instant.to_rfc3339();
 
@@ -135,6 +139,20 @@ async fn role_runs_every_command(pool: PgPool) {
     );
     let flags = run_as(&role, &config, &["run-once", "flags", "--now", &at(now)]);
     assert!(flags.contains("\"stale_hold\":1"), "{flags}");
+    let support_digest = run_as(
+        &role,
+        &config,
+        &["run-once", "support-digest", "--now", &at(now)],
+    );
+    assert!(
+        support_digest.contains("\"digests_sent\":1"),
+        "{support_digest}"
+    );
+    assert_eq!(
+        server.messages().len(),
+        2,
+        "the support digest reached the SMTP server"
+    );
     let flag_id: i64 = sqlx::query_scalar("SELECT id FROM flags WHERE kind = 'stale_hold'")
         .fetch_one(&pool)
         .await

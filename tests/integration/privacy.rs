@@ -1,15 +1,18 @@
-//! No personal data in logs: the demo runs as a child process with
-//! `RUST_LOG=debug`, then every log line is checked against the names and
-//! email addresses in the dataset it generated.
+//! No personal data in logs or metrics: the demo runs as a child process
+//! with `RUST_LOG=debug`, then a worker runs every job on the demo's
+//! database, and every log line and every line of the metrics it would
+//! serve is checked against the names and email addresses in the dataset.
 //!
-//! Each place that could leak is a [`LineSource`]; a new one, such as the
-//! labels of a metrics endpoint, is one more entry in the list that
+//! Each place that could leak is a [`LineSource`] in the list that
 //! `assert_no_personal_data` checks.
 
+use chrono::{TimeZone, Utc};
 use regex::Regex;
+use session_steward::config::MailboxList;
 use sqlx::PgPool;
 
-use crate::helpers::{drop_database, steward, url_with_database};
+use crate::helpers::{drop_database, settings_for, steward, url_with_database, worker};
+use crate::smtp::SmtpServer;
 
 /// Lines from one place that must carry no personal data.
 struct LineSource {
@@ -155,6 +158,34 @@ fn demo_log_lines(database_url: &str, format: &str) -> Vec<LineSource> {
     ]
 }
 
+/// Runs every job once more on the demo's database, with the support
+/// digest on, and returns the metrics as `/metrics` would serve them.
+async fn metric_lines(pool: &PgPool) -> LineSource {
+    let smtp = SmtpServer::start();
+    let mut settings = settings_for(&smtp);
+    settings.support_digest.recipients = MailboxList(vec![
+        "support@example.test".parse().expect("a valid address"),
+    ]);
+    let worker = worker(pool, &settings);
+    // A day after the demo's instant, in the support digest's Monday slot.
+    let now = Utc.with_ymd_and_hms(2026, 12, 7, 16, 0, 0).unwrap();
+    worker.run_reminders(now).await.expect("reminders run");
+    worker.run_flags(now).await.expect("flags run");
+    worker
+        .run_support_digest(now)
+        .await
+        .expect("support digest runs");
+    let text = worker.metrics().encode().expect("metrics encode");
+    assert!(
+        text.contains("session_steward_open_flags{kind=\"stale_hold\"}"),
+        "the gauges were refreshed: {text}"
+    );
+    LineSource {
+        name: "metrics".to_owned(),
+        lines: text.lines().map(str::to_owned).collect(),
+    }
+}
+
 #[tokio::test]
 async fn demo_logs_carry_no_personal_data() {
     let database = format!("session_steward_privacy_test_{}", std::process::id());
@@ -169,6 +200,7 @@ async fn demo_logs_carry_no_personal_data() {
         .await
         .expect("connect to the demo database");
     let personal = personal_data(&pool).await;
+    sources.push(metric_lines(&pool).await);
     pool.close().await;
     drop_database(&database).await;
 
