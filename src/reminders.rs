@@ -300,16 +300,12 @@ async fn record_digests(
     // An older digest still waiting (for a retry or a send window) would
     // reach the provider on the same day as the new one, which lists all
     // its sessions anyway. One that a sender holds right now is left alone.
-    let (new_providers, new_ids): (Vec<i64>, Vec<i64>) = reminder_ids
-        .iter()
-        .map(|(provider_id, id)| (*provider_id, *id))
-        .unzip();
+    let new_providers: Vec<i64> = reminder_ids.keys().copied().collect();
+    let new_ids: Vec<i64> = reminder_ids.values().copied().collect();
     sqlx::query(
-        "UPDATE reminders old SET status = 'superseded', finished_at = $3
-         FROM unnest($1::bigint[], $2::bigint[]) AS new(provider_id, id)
-         WHERE old.provider_id = new.provider_id AND old.id <> new.id
-           AND old.status = 'pending'
-           AND (old.lease_until IS NULL OR old.lease_until <= $3)",
+        "UPDATE reminders SET status = 'superseded', finished_at = $3
+         WHERE provider_id = ANY($1) AND id <> ALL($2) AND status = 'pending'
+           AND (lease_until IS NULL OR lease_until <= $3)",
     )
     .bind(&new_providers)
     .bind(&new_ids)
