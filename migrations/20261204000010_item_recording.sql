@@ -1,3 +1,5 @@
+-- How the planner looks up and records digest items.
+--
 -- The planner writes a digest's items in the same transaction that creates
 -- the digest, with the ids that insert returned, and nothing deletes
 -- digests. The foreign key's per-row check and row lock on `reminders`
@@ -6,3 +8,14 @@
 -- in its code instead. Delete a digest's items before the digest if you
 -- ever prune the outbox.
 ALTER TABLE reminder_items DROP CONSTRAINT reminder_items_reminder_id_fkey;
+
+-- The scan looks up, for each overdue session, the stage earlier digests
+-- covered. With the primary key led by reminder_id and a second index on
+-- session_id, PostgreSQL could pick the primary key for that lookup and
+-- read the whole index for every session. Leading the primary key with
+-- session_id leaves one index that fits each lookup: this one for the
+-- scan, and reminder_items_reminder_id for delivery.
+ALTER TABLE reminder_items DROP CONSTRAINT reminder_items_pkey;
+DROP INDEX reminder_items_session_id;
+ALTER TABLE reminder_items ADD PRIMARY KEY (session_id, reminder_id);
+CREATE INDEX reminder_items_reminder_id ON reminder_items (reminder_id);

@@ -257,9 +257,15 @@ async fn run_parts(
         let (pool, name) = load_database(config, "memory", config.size, overdue).await?;
         let url = database_url(config, &name);
         pool.close().await;
+        let started = Instant::now();
         let peak = measure_peak_rss(config, &config_path, &url, scratch).await;
+        let elapsed = started.elapsed();
         drop_database(config, &name).await?;
         peaks.push(peak?);
+        report.notes.push(format!(
+            "First run-once reminders on an empty outbox with {overdue} overdue sessions (plan and deliver): {:.1} s.",
+            elapsed.as_secs_f64()
+        ));
     }
     let (small_peak, large_peak) = (peaks[0], peaks[1]);
     let memory_ratio = large_peak as f64 / small_peak as f64;
