@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use sqlx::PgPool;
 
 use crate::config::{Settings, TransportKind};
@@ -38,6 +39,10 @@ pub struct Cli {
     /// PostgreSQL URL, such as postgres://user@127.0.0.1:5432/platform. Not used by `demo`.
     #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     database_url: Option<String>,
+
+    /// Whether `database_url` came from the command line, not the environment.
+    #[arg(skip)]
+    database_url_on_command_line: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -184,7 +189,13 @@ fn parse_kind(text: &str) -> Result<FlagKind, String> {
 
 /// Parses the command line, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    cli.database_url_on_command_line =
+        matches.value_source("database_url") == Some(ValueSource::CommandLine);
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
@@ -240,6 +251,9 @@ fn report_failure(error: &anyhow::Error) -> ExitCode {
 
 async fn execute(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(_) if cli.database_url_on_command_line => anyhow::bail!(
+            "demo does not use --database-url before the command; write it after `demo`, as in `session-steward demo --database-url URL`"
+        ),
         Command::Demo(args) => crate::demo::run(&settings, demo_options(args)).await,
         Command::Check => {
             let source = match &cli.config {
@@ -256,6 +270,9 @@ async fn execute(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         command => {
+            if let Command::RunOnce { now: Some(now), .. } = &command {
+                reject_future(*now)?;
+            }
             let pool = connect(cli.database_url.as_deref(), &settings).await?;
             match command {
                 Command::Migrate => {
@@ -346,6 +363,22 @@ async fn run_daemon(pool: PgPool, settings: &Settings) -> anyhow::Result<()> {
     })
     .await?;
     server.join(grace).await;
+    Ok(())
+}
+
+/// How far ahead of the clock `run-once --now` may be, for clock skew.
+const FUTURE_TOLERANCE_MINUTES: i64 = 5;
+
+/// Rejects a `run-once --now` in the future. Digests recorded for a later
+/// instant are sent at once and count for that day, so the real tick of
+/// that day would send none.
+fn reject_future(now: DateTime<Utc>) -> anyhow::Result<()> {
+    if now > Utc::now() + chrono::Duration::minutes(FUTURE_TOLERANCE_MINUTES) {
+        anyhow::bail!(
+            "invalid --now {}: it is in the future, and run-once would send that day's digests now; use `preview --provider ID --now ...` to see what would be sent then",
+            now.to_rfc3339()
+        );
+    }
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use chrono::{NaiveTime, Weekday};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -580,13 +580,20 @@ impl Settings {
 }
 
 fn validate_cron(key: &str, expression: &str) -> anyhow::Result<()> {
-    tokio_cron_scheduler::Job::new_async(expression, |_, _| Box::pin(async {}))
-        .map(|_| ())
-        .with_context(|| {
-            format!(
-                "invalid configuration: {key} \"{expression}\" is not a cron expression; use six fields with seconds first, such as \"0 */15 * * * *\""
-            )
-        })
+    let usage = "use six fields with seconds first, such as \"0 */15 * * * *\"";
+    // The scheduler's own error adds nothing a reader can act on.
+    if tokio_cron_scheduler::Job::new_async(expression, |_, _| Box::pin(async {})).is_err() {
+        bail!("invalid configuration: {key} \"{expression}\" is not a cron expression; {usage}");
+    }
+    let next = crate::daemon::parse_schedule(expression)
+        .ok()
+        .and_then(|cron| cron.find_next_occurrence(&chrono::Utc::now(), false).ok());
+    if next.is_none() {
+        bail!(
+            "invalid configuration: {key} \"{expression}\" never matches a future instant; {usage}"
+        );
+    }
+    Ok(())
 }
 
 fn validate_http_url(key: &str, url: &str) -> anyhow::Result<()> {

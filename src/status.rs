@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -139,6 +139,8 @@ pub fn next_run(expression: &str, after: DateTime<Utc>) -> anyhow::Result<Option
     let cron = crate::daemon::parse_schedule(expression)?;
     // croner 3 searches up to the year 5000 and returns an error for an
     // expression that never matches again, such as 30 February.
+    // Cron instants are whole seconds; croner would keep the fraction.
+    let after = after.trunc_subsecs(0);
     Ok(cron.find_next_occurrence(&after, false).ok())
 }
 
@@ -272,6 +274,14 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 12, 4, 19, 15, 0).unwrap();
         let next = next_run("0 */15 * * * *", now).unwrap();
         assert_eq!(next, Utc.with_ymd_and_hms(2026, 12, 4, 19, 30, 0).single());
+    }
+
+    #[test]
+    fn next_run_drops_fraction_of_second() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 4, 19, 7, 30).unwrap()
+            + chrono::Duration::milliseconds(500);
+        let next = next_run("0 */15 * * * *", now).unwrap();
+        assert_eq!(next, Utc.with_ymd_and_hms(2026, 12, 4, 19, 15, 0).single());
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub async fn load(
         .map(new_flag)
         .collect();
     let mut csv = Vec::new();
-    report::write_csv(&mut csv, &rows)?;
+    report::write_spreadsheet_csv(&mut csv, &rows)?;
 
     Ok(SupportDigest {
         open_by_kind,

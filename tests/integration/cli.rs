@@ -71,6 +71,50 @@ async fn demo_runs_end_to_end() {
 }
 
 #[test]
+fn demo_rejects_database_url_before_command() {
+    let output = Command::new(BINARY)
+        .args([
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/unused",
+            "demo",
+            "--reset",
+        ])
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the demo ran: {stderr}");
+    assert!(
+        stderr.contains("after `demo`"),
+        "error says where the option goes: {stderr}"
+    );
+}
+
+#[test]
+fn run_once_rejects_future_instant() {
+    let output = Command::new(BINARY)
+        .args([
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/unused",
+            "run-once",
+            "reminders",
+            "--now",
+            "2999-01-01T00:00:00Z",
+        ])
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a future --now was accepted");
+    assert!(
+        stderr.contains("2999-01-01"),
+        "error names the value: {stderr}"
+    );
+    assert!(
+        stderr.contains("preview"),
+        "error says what to do: {stderr}"
+    );
+}
+
+#[test]
 fn bad_config_value_names_key_and_value() {
     let workdir = tempfile::tempdir().unwrap();
     let cases = [
@@ -90,6 +134,12 @@ fn bad_config_value_names_key_and_value() {
             "not an address",
         ),
         ("[send_window]\nstart = \"25:00\"\n", "start", "25:00"),
+        // 31 February never comes.
+        (
+            "[schedule]\nflags = \"0 0 0 31 2 *\"\n",
+            "never matches",
+            "0 0 0 31 2 *",
+        ),
     ];
     for (contents, key, value) in cases {
         let path = workdir.path().join("bad.toml");

@@ -102,7 +102,18 @@ impl Digest {
             .parse(data)
             .expect("message parses as MIME");
         let attachment = message.attachment(0).expect("one attachment");
-        let mut reader = csv::Reader::from_reader(attachment.contents());
+        let contents = std::str::from_utf8(attachment.contents()).expect("UTF-8 attachment");
+        // A spreadsheet reads the encoding from the byte order mark and
+        // expects CRLF line ends.
+        let contents = contents
+            .strip_prefix('\u{feff}')
+            .expect("the CSV starts with a byte order mark");
+        assert_eq!(
+            contents.matches('\n').count(),
+            contents.matches("\r\n").count(),
+            "every line of the CSV ends with CRLF"
+        );
+        let mut reader = csv::Reader::from_reader(contents.as_bytes());
         let csv_header = reader.headers().expect("CSV header line").clone();
         let csv = reader
             .records()
@@ -553,7 +564,8 @@ fn assert_one_line_error(output: &std::process::Output, key: &str, value: &str) 
 #[sqlx::test(migrator = "session_steward::db::MIGRATOR")]
 async fn run_once_takes_environment_overrides(pool: PgPool) {
     let outbox = tempfile::tempdir().unwrap();
-    let now = monday_slot();
+    // run-once refuses an instant in the future, so a week before.
+    let now = monday_slot() - chrono::Duration::days(7);
     flagged_sessions(&pool, now).await;
 
     let output = std::process::Command::new(BINARY)
@@ -580,7 +592,7 @@ async fn run_once_takes_environment_overrides(pool: PgPool) {
         stdout.contains("support_digest: {\"record\""),
         "run-once all includes the support digest: {stdout}"
     );
-    let path = outbox.path().join("support-digest-20261207T073000Z.eml");
+    let path = outbox.path().join("support-digest-20261130T073000Z.eml");
     let raw = std::fs::read(&path).expect("digest written for the 07:30 slot");
     let message = MessageParser::default().parse(&raw).unwrap();
     let recipients: Vec<&str> = message
