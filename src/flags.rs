@@ -431,6 +431,13 @@ pub async fn resolve(
                 .to_owned(),
         ));
     }
+    // Browsers and form decoders put U+FFFD where the bytes sent were not
+    // UTF-8, so the note would not say what was typed.
+    if note.contains(char::REPLACEMENT_CHARACTER) {
+        return Err(FlagUpdateError::InvalidNote(
+            "the note contains a character that was not valid UTF-8 (shown as \u{fffd}); type the note again".to_owned(),
+        ));
+    }
     if note.chars().count() > 2000 {
         return Err(FlagUpdateError::InvalidNote(
             "the note is longer than 2000 characters".to_owned(),

@@ -51,11 +51,13 @@ pub struct PassTimings {
 }
 
 /// One overdue session as the scan returns it, with its provider's columns
-/// and the highest stage an earlier digest already covered.
+/// and the highest stage an earlier digest already covered, which
+/// [`CoveredStages`] fills in.
 #[derive(Debug, sqlx::FromRow)]
 struct OverdueRow {
     session_id: i64,
     ends_at: DateTime<Utc>,
+    #[sqlx(default)]
     covered_stage: i16,
     #[sqlx(flatten)]
     provider: ProviderRow,
@@ -85,19 +87,57 @@ struct PlannedItem {
 // The partial index `sessions_scheduled_by_end` serves the range on ends_at.
 // The sort by provider lets the loop below hold one provider's rows at a time.
 const OVERDUE_SCAN: &str = "
-SELECT s.id AS session_id, s.ends_at,
-       COALESCE(covered.stage, 0)::smallint AS covered_stage,
-       p.id, p.name, p.email, p.time_zone, p.active
+SELECT s.id AS session_id, s.ends_at, p.id, p.name, p.email, p.time_zone, p.active
 FROM sessions s
 JOIN providers p ON p.id = s.provider_id
-LEFT JOIN LATERAL (
-    SELECT max(ri.stage) AS stage
-    FROM reminder_items ri
-    JOIN reminders r ON r.id = ri.reminder_id
-    WHERE ri.session_id = s.id AND r.status IN ('pending', 'sent')
-) covered ON true
 WHERE s.status = 'scheduled' AND s.ends_at < $1 AND s.ends_at >= $2
+  AND ($3::bigint IS NULL OR s.provider_id = $3)
 ORDER BY s.provider_id, s.ends_at, s.id";
+
+// The highest stage that a pending or sent digest covered, for each
+// overdue session that one covered. It runs to completion before the pass
+// records anything. A lookup per scanned row instead, planned while the
+// outbox's statistics still described an empty table, read the digests
+// this pass was adding again for every row: 68 s for 100,000 sessions.
+const COVERED_STAGES: &str = "
+SELECT ri.session_id, max(ri.stage)::smallint
+FROM sessions s
+JOIN reminder_items ri ON ri.session_id = s.id
+JOIN reminders r ON r.id = ri.reminder_id
+WHERE s.status = 'scheduled' AND s.ends_at < $1 AND s.ends_at >= $2
+  AND ($3::bigint IS NULL OR s.provider_id = $3)
+  AND r.status IN ('pending', 'sent')
+GROUP BY ri.session_id
+ORDER BY ri.session_id";
+
+/// Stages earlier digests covered, by session id, sorted for lookup.
+struct CoveredStages(Vec<(i64, i16)>);
+
+impl CoveredStages {
+    /// Reads the stages covered for the overdue sessions of `provider_id`,
+    /// or of every provider.
+    async fn load(
+        connection: &mut sqlx::PgConnection,
+        overdue_cutoff: DateTime<Utc>,
+        escalation_cutoff: DateTime<Utc>,
+        provider_id: Option<i64>,
+    ) -> sqlx::Result<Self> {
+        let stages = sqlx::query_as(COVERED_STAGES)
+            .bind(overdue_cutoff)
+            .bind(escalation_cutoff)
+            .bind(provider_id)
+            .fetch_all(connection)
+            .await?;
+        Ok(Self(stages))
+    }
+
+    /// Returns the stage covered for `session_id`, 0 when none was.
+    fn of(&self, session_id: i64) -> i16 {
+        self.0
+            .binary_search_by_key(&session_id, |(id, _)| *id)
+            .map_or(0, |index| self.0[index].1)
+    }
+}
 
 /// The reminder planner, with the policies fixed at start-up.
 #[derive(Debug, Clone)]
@@ -120,23 +160,19 @@ impl Planner {
         let overdue_cutoff = self.policy.overdue_cutoff(now);
         let escalation_cutoff = self.policy.escalation_cutoff(now);
 
-        // The outbox's statistics can describe an empty table while this
-        // pass fills it, as on the first pass after a deploy. A plan built
-        // from them reads every reminder_items row again for each overdue
-        // session: 68 s for 100,000 sessions in the benchmark. Each lookup
-        // the scan makes has an index, so its transaction asks for those.
-        sqlx::query("SET LOCAL enable_seqscan = off")
-            .execute(&mut *lock)
-            .await?;
+        let covered =
+            CoveredStages::load(&mut lock, overdue_cutoff, escalation_cutoff, None).await?;
         let mut rows = sqlx::query_as::<_, OverdueRow>(OVERDUE_SCAN)
             .bind(overdue_cutoff)
             .bind(escalation_cutoff)
+            .bind(None::<i64>)
             .fetch(&mut *lock);
 
         let mut group: Vec<OverdueRow> = Vec::new();
         let mut batch: Vec<PlannedDigest> = Vec::new();
-        while let Some(row) = rows.try_next().await? {
+        while let Some(mut row) = rows.try_next().await? {
             counts.overdue_sessions += 1;
+            row.covered_stage = covered.of(row.session_id);
             if group
                 .last()
                 .is_some_and(|last| last.provider.id != row.provider.id)
@@ -380,15 +416,24 @@ impl Planner {
         provider_id: i64,
         now: DateTime<Utc>,
     ) -> sqlx::Result<(Option<DigestPlan>, PlanCounts)> {
-        let statement = format!(
-            "SELECT * FROM ({OVERDUE_SCAN}) scan WHERE scan.id = $3 ORDER BY scan.ends_at, scan.session_id"
-        );
-        let rows: Vec<OverdueRow> = sqlx::query_as(&statement)
-            .bind(self.policy.overdue_cutoff(now))
-            .bind(self.policy.escalation_cutoff(now))
+        let overdue_cutoff = self.policy.overdue_cutoff(now);
+        let escalation_cutoff = self.policy.escalation_cutoff(now);
+        let covered = CoveredStages::load(
+            &mut *connection,
+            overdue_cutoff,
+            escalation_cutoff,
+            Some(provider_id),
+        )
+        .await?;
+        let mut rows: Vec<OverdueRow> = sqlx::query_as(OVERDUE_SCAN)
+            .bind(overdue_cutoff)
+            .bind(escalation_cutoff)
             .bind(provider_id)
             .fetch_all(&mut *connection)
             .await?;
+        for row in &mut rows {
+            row.covered_stage = covered.of(row.session_id);
+        }
 
         let mut counts = PlanCounts {
             overdue_sessions: rows.len() as u64,

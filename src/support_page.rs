@@ -364,6 +364,9 @@ async fn page_html(
     let truncated = rows.len() > PAGE_ROWS;
     rows.truncate(PAGE_ROWS);
     let providers = report::providers_with_open_flags(&state.pool).await?;
+    // Without a valid filter no list was loaded, which the page must not
+    // present as "no open flags".
+    let listed = filter.is_some();
     let filter = filter.cloned().unwrap_or_default();
 
     let kinds: Vec<OptionView> = FlagKind::ALL
@@ -411,6 +414,7 @@ async fn page_html(
         kind => filter.kind.map(FlagKind::as_str).unwrap_or(""),
         provider => filter.provider_id.map(|id| id.to_string()).unwrap_or_default(),
         filtered => filter.kind.is_some() || filter.provider_id.is_some(),
+        listed,
         truncated,
         page_rows => PAGE_ROWS,
         csv_url => view_url(&filter, None).replacen(FLAGS_PATH, "/support/flags.csv", 1),
@@ -565,7 +569,15 @@ async fn change_flag(
             .map(|()| "resolved"),
     };
     match outcome {
-        Ok(done) => Redirect::to(&view_url(&filter, Some((done, flag_id)))).into_response(),
+        Ok(done) => {
+            // Who acted is recorded on the flag; the log keeps the event.
+            tracing::info!(
+                flag_id,
+                outcome = done,
+                "flag updated from the support page"
+            );
+            Redirect::to(&view_url(&filter, Some((done, flag_id)))).into_response()
+        }
         Err(error) => {
             let draft = (action == FlagAction::Resolve).then_some(Draft { flag_id, note });
             action_failed(&state, principal, filter, flag_id, error, draft).await

@@ -504,6 +504,10 @@ async fn filters_select_kind_and_provider(pool: PgPool) {
             Vec::<i64>::new(),
             "{path} lists nothing"
         );
+        assert!(
+            !html.contains("No open flags") && !html.contains("0 open flags"),
+            "{path} does not claim that nothing is open"
+        );
     }
 }
 
@@ -671,6 +675,16 @@ async fn actions_confirm_or_explain(pool: PgPool) {
     assert!(
         html.contains("<details open>"),
         "the rejected note's form stays open"
+    );
+
+    // What the form decoder makes of bytes that are not UTF-8.
+    with_note.pop();
+    with_note.push(("note", "abc\u{fffd}def"));
+    let garbled = page.post(&resolve, &with_note).await;
+    assert_eq!(
+        garbled.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a note with replaced bytes"
     );
     assert_eq!(
         changes(&pool, flagged.stale_old).await,
