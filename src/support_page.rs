@@ -246,14 +246,28 @@ struct Draft {
     note: String,
 }
 
-fn confirmation(query: &ViewQuery) -> Option<Notice> {
+/// Builds the confirmation named by the query, if the flag's recorded
+/// state bears it out. A link alone cannot make the page claim an action
+/// that did not happen.
+async fn confirmation(pool: &PgPool, query: &ViewQuery) -> Option<Notice> {
     let flag_id: i64 = query.flag.as_deref()?.parse().ok()?;
-    let text = match query.done.as_deref()? {
-        "acknowledged" => format!("Flag {flag_id} acknowledged."),
-        "already_acknowledged" => {
+    let done = query.done.as_deref()?;
+    let (acknowledged, resolved): (bool, bool) = sqlx::query_as(
+        "SELECT acknowledged_at IS NOT NULL, resolved_at IS NOT NULL FROM flags WHERE id = $1",
+    )
+    .bind(flag_id)
+    .fetch_optional(pool)
+    .await
+    .ok()
+    .flatten()?;
+    let text = match done {
+        "acknowledged" if acknowledged => format!("Flag {flag_id} acknowledged."),
+        "already_acknowledged" if acknowledged => {
             format!("Flag {flag_id} was already acknowledged; the first acknowledgement stands.")
         }
-        "resolved" => format!("Flag {flag_id} resolved. It no longer appears in the list."),
+        "resolved" if resolved => {
+            format!("Flag {flag_id} resolved. It no longer appears in the list.")
+        }
         _ => return None,
     };
     Some(Notice::success(text))
@@ -265,7 +279,9 @@ async fn show_flags(
     Query(query): Query<ViewQuery>,
 ) -> Response {
     let filter = parse_filter(query.kind.as_deref(), query.provider.as_deref());
-    let notice = confirmation(&query).map(|notice| (StatusCode::OK, notice));
+    let notice = confirmation(&state.pool, &query)
+        .await
+        .map(|notice| (StatusCode::OK, notice));
     render_page(&state, &signed_in.principal, filter, notice, None).await
 }
 

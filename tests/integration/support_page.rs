@@ -630,6 +630,18 @@ async fn actions_confirm_or_explain(pool: PgPool) {
     );
     let (_, html) = page.html(&location).await;
     assert!(html.contains(&format!("Flag {} acknowledged.", flagged.stale_old)));
+    // A link cannot claim an action the flags do not bear out.
+    let (_, forged) = page
+        .html("/support/flags?done=acknowledged&flag=999999")
+        .await;
+    assert!(!forged.contains("Flag 999999 acknowledged."), "{forged}");
+    let (_, forged) = page
+        .html(&format!(
+            "/support/flags?done=resolved&flag={}",
+            flagged.stale_old
+        ))
+        .await;
+    assert!(!forged.contains("resolved. It no longer"), "{forged}");
     assert_eq!(listed_flags(&html), vec![flagged.stale_old], "filter kept");
     assert!(
         row_of(&html, flagged.stale_old)
