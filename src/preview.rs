@@ -83,7 +83,7 @@ pub enum NoDigest {
 impl NoDigest {
     fn describe(&self) -> String {
         match self {
-            NoDigest::NothingOverdue => "the provider has no overdue sessions".to_owned(),
+            NoDigest::NothingOverdue => "the provider has no session in the reminder range (overdue, and not yet past escalation, which the flag job handles)".to_owned(),
             NoDigest::UpToDate { overdue_sessions } => format!(
                 "all {overdue_sessions} overdue session(s) are at a stage an earlier digest covered; the next digest is due when one reaches the next stage"
             ),

@@ -206,7 +206,7 @@ async fn preview_explains_missing_digest(pool: PgPool) {
         (999_999, false, "provider 999999 not found"),
         (no_email, false, "has no email address"),
         (bad_email, false, "email address is invalid"),
-        (idle, true, "has no overdue sessions"),
+        (idle, true, "has no session in the reminder range"),
         (sydney, true, "send window is closed"),
     ];
     for (provider_id, succeeds, expected) in cases {
