@@ -9,12 +9,12 @@
 -- ever prune the outbox.
 ALTER TABLE reminder_items DROP CONSTRAINT reminder_items_reminder_id_fkey;
 
--- The scan looks up, for each overdue session, the stage earlier digests
--- covered. With the primary key led by reminder_id and a second index on
--- session_id, PostgreSQL could pick the primary key for that lookup and
--- read the whole index for every session. Leading the primary key with
--- session_id leaves one index that fits each lookup: this one for the
--- scan, and reminder_items_reminder_id for delivery.
+-- The planner reads items by session_id (the stages earlier digests
+-- covered) and delivery by reminder_id. With the primary key led by
+-- reminder_id and a second index on session_id, PostgreSQL could pick the
+-- primary key for a session_id lookup and read the whole index each time.
+-- Leading the primary key with session_id leaves one index that fits each
+-- lookup: this one for the planner, reminder_items_reminder_id for delivery.
 ALTER TABLE reminder_items DROP CONSTRAINT reminder_items_pkey;
 DROP INDEX reminder_items_session_id;
 ALTER TABLE reminder_items ADD PRIMARY KEY (session_id, reminder_id);

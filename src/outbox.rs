@@ -90,16 +90,16 @@ struct ItemRow {
     member_name: Option<String>,
 }
 
-/// What a claimed batch's messages need from the database, read in two
-/// queries for the whole batch rather than two per message.
+/// Sessions and providers of a claimed batch, read in two queries for the
+/// whole batch rather than two per message.
 struct BatchContext {
     items: HashMap<i64, Vec<ItemRow>>,
     recipients: HashMap<i64, Result<Recipient, String>>,
 }
 
 impl BatchContext {
-    /// The provider as checked when the batch was claimed, or why it
-    /// cannot be reached.
+    /// Returns the provider as checked when the batch was claimed, or the
+    /// reason it cannot be reached.
     fn recipient(&self, provider_id: Option<i64>) -> Result<&Recipient, String> {
         let Some(provider_id) = provider_id else {
             return Err("digest has no provider".to_owned());
@@ -261,10 +261,10 @@ impl Deliverer {
                 .insert(token);
 
             let context = load_batch(pool, &batch).await?;
-            // The claim gave every digest of the batch a fresh lease; each
-            // outcome recorded below extends the leases of those still
-            // waiting, and drops the ones another sender has taken since.
-            let mut held: HashSet<i64> = batch.iter().map(|digest| digest.id).collect();
+            // The claim gave every digest of the batch a fresh lease. Each
+            // outcome recorded below extends the leases of the digests still
+            // waiting, and leaves out those another sender has taken since.
+            let mut leased: HashSet<i64> = batch.iter().map(|digest| digest.id).collect();
             for (index, digest) in batch.iter().enumerate() {
                 let stop = if self.shutdown.is_requested() {
                     Some("delivery stopped for shutdown; unsent digests released")
@@ -286,7 +286,7 @@ impl Deliverer {
 
                 // A digest that waited in this batch past its lease may have
                 // been claimed by another sender; only the lease holder sends.
-                if !held.contains(&digest.id) {
+                if !leased.contains(&digest.id) {
                     debug!(
                         reminder_id = digest.id,
                         "lease lost to another sender; digest skipped"
@@ -296,7 +296,7 @@ impl Deliverer {
                 let waiting: Vec<i64> = batch[index + 1..]
                     .iter()
                     .map(|digest| digest.id)
-                    .filter(|id| held.contains(id))
+                    .filter(|id| leased.contains(id))
                     .collect();
                 let renewal = LeaseRenewal {
                     waiting: &waiting,
@@ -304,7 +304,7 @@ impl Deliverer {
                     until: clock.now() + self.settings.lease.to_chrono(),
                 };
                 let retrying_before = counts.digests_retrying;
-                held = self
+                leased = self
                     .deliver(pool, clock.now(), digest, &context, renewal, &mut counts)
                     .await?;
                 if counts.digests_retrying > retrying_before {
@@ -441,7 +441,7 @@ impl Deliverer {
                 *counts.sessions_by_stage.entry(item.stage).or_default() += 1;
             }
         }
-        let held = record_outcome(pool, now, digest.id, &outcome, &renewal).await?;
+        let leased = record_outcome(pool, now, digest.id, &outcome, &renewal).await?;
 
         if let Outcome::Failed {
             permanent: true, ..
@@ -458,7 +458,7 @@ impl Deliverer {
             )
             .await?;
         }
-        Ok(held)
+        Ok(leased)
     }
 
     /// Builds a support digest from the flags open at `now`, sends it and

@@ -35,7 +35,7 @@ pub struct PlanCounts {
     pub providers_unreachable: u64,
     /// Sessions in the planned digests, by reminder stage.
     pub sessions_by_stage: BTreeMap<i16, u64>,
-    /// Where the pass spent its time; not recorded with the job run.
+    /// Time spent in parts of the pass, which the job run does not record.
     #[serde(skip)]
     pub timings: PassTimings,
 }

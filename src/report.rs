@@ -274,9 +274,9 @@ pub fn write_csv(out: &mut impl Write, rows: &[ReportRow]) -> anyhow::Result<()>
     write_csv_records(csv::Writer::from_writer(out), rows)
 }
 
-/// Writes the rows as `write_csv` does, for a spreadsheet to open: with a
-/// UTF-8 byte order mark, which tells Excel the encoding, and CRLF line
-/// ends as RFC 4180 asks.
+/// Writes the rows as `write_csv` does, for a spreadsheet to open. A UTF-8
+/// byte order mark gives Excel the encoding, and lines end in CRLF as
+/// RFC 4180 specifies.
 pub fn write_spreadsheet_csv(out: &mut impl Write, rows: &[ReportRow]) -> anyhow::Result<()> {
     out.write_all("\u{feff}".as_bytes())?;
     let writer = csv::WriterBuilder::new()

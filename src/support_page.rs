@@ -502,7 +502,7 @@ struct ActionForm {
     note: Option<String>,
 }
 
-/// Why an action's form was rejected before the flag was touched.
+/// Reason an action's form was rejected before the flag was touched.
 enum FormRejection {
     Forgery(auth::ForgeryError),
     Filter(String),
@@ -544,7 +544,7 @@ async fn reject_form(
     }
 }
 
-/// What a POST does to a flag, named by the last segment of its path.
+/// Action a POST takes on a flag, named by the last segment of its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum FlagAction {
@@ -649,9 +649,9 @@ fn internal_error(error: &anyhow::Error) -> Response {
     )
 }
 
-/// Adds the headers every response of the page carries: nothing is cached,
-/// because the page shows member references; no script runs, no other
-/// site may frame it, and forms post only to this origin.
+/// Adds the headers every response of the page carries. Nothing is cached,
+/// because the page shows member references. No script runs, no other site
+/// may frame the page, and forms post only to this origin.
 async fn add_security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     let fixed: [(HeaderName, &'static str); 5] = [

@@ -1,5 +1,5 @@
-//! Who may use the support page, and the checks that keep another site
-//! from acting through a signed-in browser.
+//! Access to the support page: its credentials, and the checks that keep
+//! another site from acting through a signed-in browser.
 //!
 //! Browsers sign in with HTTP basic authentication and scripts send a
 //! bearer token. Both are compared in constant time, through SHA-256

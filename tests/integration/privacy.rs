@@ -1,6 +1,6 @@
-//! No personal data in logs or metrics: the demo runs as a child process
+//! No personal data in logs or metrics. The demo runs as a child process
 //! with `RUST_LOG=debug`, then a worker runs every job on the demo's
-//! database, and every log line and every line of the metrics it would
+//! database. Every log line and every line of the metrics the worker would
 //! serve is checked against the names and email addresses in the dataset.
 //!
 //! Each place that could leak is a [`LineSource`] in the list that
